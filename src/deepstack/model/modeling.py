@@ -1,0 +1,265 @@
+"""``DeepStackForConditionalGeneration``: vision tower + projector + any Hugging Face causal LM.
+
+The vision side (``get_image_features``) turns the views of each image into the tokens the LLM's sequence
+holds and, in DeepStack-L, the S stacks; the forward writes the sequence tokens into the image-token
+positions of the embeddings and adds the stacks with ``method.injection.inject_stacks``. Every comparison
+mode of DEEPSTACK.md is a ``StackMode`` strategy (``modes.py``); the forward never looks at the mode's name.
+
+Pre-encoded images follow transformers' ``mm_encoder_outputs={"image": ...}`` convention: row ``i`` of
+``pooler_output`` (and of each entry of ``deepstack_features``) belongs to the ``i``-th image token of the
+batch in (row, position) order. That is what lets ``generate(prefill_chunk_size=...)`` give each prefill
+chunk exactly the stack rows of the image positions it holds.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
+
+from ..method.injection import find_layers, inject_stacks, run_until_layer
+from ..method.sampling import mosaic_crops, sample_stacks
+from .configuration import DeepStackConfig
+from .modes import STACK_MODES
+
+
+@dataclass
+class DeepStackImageOutput(BaseModelOutputWithPooling):
+    r"""pooler_output: per image, the ``(tokens_per_image, D)`` features that fill its image tokens.
+    deepstack_features: ``None``, or S entries (stack k), each per image ``(N, D)``: added before decoder
+    layer ``stack_start_layer + k*stack_interval`` at that image's token positions."""
+
+    deepstack_features: list | None = None
+
+
+class DeepStackProjector(nn.Module):
+    """LLaVA-1.5's 2-layer MLP, shared by the global view and the stacks."""
+
+    def __init__(self, in_features: int, hidden_size: int, act: str):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, hidden_size)
+        self.act = ACT2FN[act]
+        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = features.to(self.linear_1.weight.dtype)  # an fp32 tower may feed a bf16 projector
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+class DeepStackPreTrainedModel(PreTrainedModel):
+    config: DeepStackConfig
+    config_class = DeepStackConfig
+    base_model_prefix = ""
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+
+class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixin):
+    def __init__(self, config: DeepStackConfig):
+        super().__init__(config)
+        mode = STACK_MODES[config.stack_mode]
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.projector = DeepStackProjector(
+            mode.projector_input_size(config.vision_config.hidden_size, config.num_stacks),
+            config.text_config.hidden_size,
+            config.projector_hidden_act,
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self._no_split_modules = sorted(
+            {*(getattr(self.vision_tower, "_no_split_modules", None) or ())}
+            | {*(getattr(self.language_model, "_no_split_modules", None) or ())}
+        )
+        self.post_init()
+
+    # ---- plumbing that makes us look like any transformers causal LM --------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is self.projector.linear_1 or module is self.projector.linear_2:
+            std = getattr(self.config.text_config, "initializer_range", 0.02)
+            nn.init.normal_(module.weight, std=std)
+            nn.init.zeros_(module.bias)
+
+    def set_trainable(self, *, vision: bool, projector: bool, language: bool) -> None:
+        """Freeze or unfreeze the three parts (pretrain: projector only; finetune: projector + LLM)."""
+        for part, flag in ((self.vision_tower, vision), (self.projector, projector), (self.language_model, language)):
+            part.requires_grad_(flag)
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return find_layers(self.language_model, self.config.text_config.num_hidden_layers)
+
+    @property
+    def vision_layers(self) -> nn.ModuleList:
+        return find_layers(self.vision_tower, self.config.vision_config.num_hidden_layers)
+
+    # ---- the vision side ---------------------------------------------------------------------------
+    def _vision_hidden(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Hidden states of ``vision_feature_layer`` for ``pixels`` ``(n, 3, H, W)``: ``(n, L, C)``."""
+        out = self.vision_tower(pixel_values=pixels.to(self.vision_tower.dtype), output_hidden_states=True)
+        return out.hidden_states[self.config.vision_feature_layer]
+
+    def _patch_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The N grid tokens of ``(n, L, C)`` encoder states (CLS dropped under the 'default' strategy)."""
+        if self.config.vision_feature_select_strategy == "default":
+            hidden = hidden[:, 1:]
+        if hidden.shape[1] != self.config.num_global_tokens:
+            h, w = self.config.image_grid
+            raise ValueError(
+                f"the vision encoder gives {hidden.shape[1]} tokens per crop after vision_feature_select_strategy="
+                f"'{self.config.vision_feature_select_strategy}', but DeepStack needs the {h}x{w} patch grid "
+                f"({h * w} tokens): use 'default' for encoders with a CLS token (CLIP) and 'full' for encoders "
+                "without one (SigLIP)"
+            )
+        return hidden
+
+    def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Encoder features of crops ``(n, 3, H, W)``: ``(n, N, C)``, tokens row-major."""
+        return self._patch_tokens(self._vision_hidden(pixels))
+
+    def hires_grid(self, crops: torch.Tensor) -> torch.Tensor:
+        """The hi-res feature map F ``(I, s*h, s*w, C)`` from each image's ``s*s`` crops ``(I, S, 3, H, W)``."""
+        num_images, num_crops = crops.shape[:2]
+        h, w = self.config.image_grid
+        features = self.vision_features(crops.flatten(0, 1))
+        return mosaic_crops(features.unflatten(0, (num_images, num_crops)), self.config.hires_scale, h, w)
+
+    def hires_stacks(self, crops: torch.Tensor) -> torch.Tensor:
+        """Sampling2D of the hi-res map into ``(I, S, N, C)`` stacks (DEEPSTACK.md, "Sampling2D")."""
+        return sample_stacks(self.hires_grid(crops), self.config.hires_scale, self.config.stack_sampling)
+
+    def vision_features_with_stacks(self, global_view: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+        """DeepStack-V: crops run through the first m encoder layers, are mosaicked and sampled, and stack k
+        is added to the global view's patch tokens before encoder layer m + k. Returns ``(I, N, C)``."""
+        config, layers = self.config, self.vision_layers
+        start, scale = config.vit_stack_start_layer, config.hires_scale
+        h, w = config.image_grid
+        num_images, num_crops = crops.shape[:2]
+        crop_states = run_until_layer(
+            self.vision_tower, layers, start, pixel_values=crops.flatten(0, 1).to(self.vision_tower.dtype)
+        )
+        length = crop_states.shape[1]
+        prefix = length - config.num_global_tokens  # CLS and other non-grid tokens come first
+        crop_tokens = crop_states[:, prefix:].unflatten(0, (num_images, num_crops))
+        stacks = sample_stacks(mosaic_crops(crop_tokens, scale, h, w), scale, config.stack_sampling)
+        positions = (
+            torch.arange(num_images, device=crops.device)[:, None] * length
+            + prefix
+            + torch.arange(config.num_global_tokens, device=crops.device)
+        ).flatten()
+        with inject_stacks(layers, positions, stacks.transpose(0, 1).flatten(1, 2), start, 1):
+            return self.vision_features(global_view)
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> DeepStackImageOutput:
+        """Encode images. ``pixel_values``: ``(I, V, 3, H, W)`` with view 0 the global view and views 1..S the
+        hi-res crops (row-major), as the processor makes them; ``(I, 3, H, W)`` for modes without hi-res."""
+        config, mode = self.config, STACK_MODES[self.config.stack_mode]
+        if pixel_values.dim() == 4:
+            pixel_values = pixel_values.unsqueeze(1)
+        if pixel_values.dim() != 5:
+            raise ValueError(f"pixel_values must be (images, views, 3, H, W), got shape {tuple(pixel_values.shape)}")
+        views = pixel_values.shape[1]
+        if mode.needs_hires and views != 1 + config.num_stacks:
+            raise ValueError(
+                f"stack_mode='{config.stack_mode}' needs the global view and {config.num_stacks} hi-res crops per "
+                f"image (hires_scale={config.hires_scale}), so {1 + config.num_stacks} views, but pixel_values "
+                f"holds {views}; make the inputs with a DeepStackProcessor built for this model"
+            )
+        crops = pixel_values[:, 1:] if mode.needs_hires else None
+        sequence, stacks = mode.features(self, pixel_values[:, 0], crops)
+        return DeepStackImageOutput(
+            pooler_output=list(sequence),
+            deepstack_features=None if stacks is None else [list(stack) for stack in stacks],
+        )
+
+    # ---- the language side -------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, DeepStackImageOutput] | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        image = (mm_encoder_outputs or {}).get("image")
+        if image is not None and pixel_values is not None:
+            raise ValueError("pass pixel_values or pre-encoded mm_encoder_outputs, not both")
+        if image is None and pixel_values is not None:
+            image = self.get_image_features(pixel_values)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        positions, stacks = None, None
+        if image is not None:
+            if input_ids is None:
+                raise ValueError("images need input_ids to find the image-token positions")
+            positions = (input_ids == self.config.image_token_id).flatten().nonzero().squeeze(1)
+            sequence = torch.cat(list(image.pooler_output))
+            if sequence.shape[0] != positions.numel():
+                raise ValueError(
+                    f"the input holds {positions.numel()} image tokens (id {self.config.image_token_id}) but the "
+                    f"images give {sequence.shape[0]} feature rows ({self.config.image_seq_length} per image for "
+                    f"stack_mode='{self.config.stack_mode}'); make the prompt with this model's DeepStackProcessor "
+                    "and give one image per <image> placeholder"
+                )
+            flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
+            inputs_embeds = flat.index_copy(0, positions, sequence.to(inputs_embeds.dtype)).view_as(inputs_embeds)
+            if image.deepstack_features is not None:
+                stacks = torch.stack([torch.cat(list(stack)) for stack in image.deepstack_features])
+        elif input_ids is not None and _is_prefill(past_key_values):
+            if (input_ids == self.config.image_token_id).any():
+                raise ValueError(
+                    "input_ids hold image tokens but no pixel_values (or mm_encoder_outputs) were given"
+                )
+
+        injection = (
+            inject_stacks(
+                self.decoder_layers, positions, stacks, self.config.stack_start_layer, self.config.stack_interval
+            )
+            if stacks is not None
+            else nullcontext()
+        )
+        with injection:
+            return self.language_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                labels=labels,
+                logits_to_keep=logits_to_keep,
+                **{"return_dict": True, **kwargs},
+            )
+
+
+def _is_prefill(past_key_values) -> bool:
+    return past_key_values is None or past_key_values.get_seq_length() == 0
+
+
+__all__ = ["DeepStackForConditionalGeneration", "DeepStackImageOutput", "DeepStackPreTrainedModel"]

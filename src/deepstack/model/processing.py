@@ -1,0 +1,262 @@
+"""``DeepStackProcessor``: PIL images + prompts -> ``input_ids``, ``attention_mask``, ``pixel_values``.
+
+Both views of an image are made by one rule (DEEPSTACK.md, "consistent" processing in Table 5): pad to a
+square with the normalisation mean colour (LLaVA-1.5's rule), then resize to the encoder's input size for the
+global view and to ``hires_scale`` times that size for the hi-res view, which is cut into ``s x s`` crops in
+row-major order. ``pixel_values`` is ``(images, 1 + S, 3, H, W)`` (view 0 global) for modes that use the
+hi-res view and ``(images, 1, 3, H, W)`` otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tokenizers import AddedToken
+from transformers import BatchFeature, ProcessorMixin
+
+from .modes import STACK_MODES
+
+DEFAULT_IMAGE_TOKEN = "<image>"
+MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000; larger files are refused as possible decompression bombs
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image file fully, or raise ``ValueError`` saying what is wrong with which file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such image file")
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(
+            f"{path}: image too large ({error}); the limit is {max_pixels:,} pixels, resize it first"
+        ) from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image file PIL can read (PNG, JPEG, WebP, ...)") from None
+    except OSError as error:
+        raise ValueError(f"{path}: unreadable or truncated image ({error})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any PIL mode to RGB; transparent pixels are composited onto ``background``."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float greyscale: scale to 8 bits
+        array = np.asarray(image, dtype=np.float32)
+        span = float(array.max() - array.min()) or 1.0
+        image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+class DeepStackProcessor(ProcessorMixin):
+    r"""Image processor (for the normalisation mean/std) + tokenizer, LLaVA style.
+
+    Args:
+        image_processor: a transformers image processor of the vision encoder (CLIP, SigLIP, ...).
+        tokenizer: the LLM's tokenizer; ``image_token`` is added to it when missing (resize the model's
+            embeddings to ``len(tokenizer)`` afterwards; ``deepstack.build_model`` does both).
+        stack_mode, hires_scale: as in ``DeepStackConfig``; they decide the views and the token count.
+        image_size, patch_size: the vision encoder's input size and patch size.
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        stack_mode: str = "llm",
+        hires_scale: int = 2,
+        image_size: int = 336,
+        patch_size: int = 14,
+        image_token: str = DEFAULT_IMAGE_TOKEN,
+        chat_template: str | None = None,
+        **kwargs,
+    ):
+        if stack_mode not in STACK_MODES:
+            raise ValueError(f"DeepStackProcessor: unknown stack_mode {stack_mode!r}; choose one of {', '.join(STACK_MODES)}")
+        self.stack_mode = stack_mode
+        self.hires_scale = hires_scale
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.image_token = image_token
+        if tokenizer is not None and image_token not in tokenizer.get_vocab():
+            tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token) if tokenizer is not None else None
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+
+    @classmethod
+    def for_config(cls, config, image_processor, tokenizer, **kwargs) -> DeepStackProcessor:
+        """The processor matching a ``DeepStackConfig``."""
+        return cls(
+            image_processor,
+            tokenizer,
+            stack_mode=config.stack_mode,
+            hires_scale=config.hires_scale,
+            image_size=config.vision_config.image_size,
+            patch_size=config.vision_config.patch_size,
+            **kwargs,
+        )
+
+    @property
+    def num_stacks(self) -> int:
+        return self.hires_scale * self.hires_scale
+
+    @property
+    def image_seq_length(self) -> int:
+        """Image tokens per image in the LLM's sequence for this mode."""
+        grid = (self.image_size // self.patch_size) ** 2
+        return STACK_MODES[self.stack_mode].tokens_per_image(grid, self.num_stacks)
+
+    @property
+    def num_views(self) -> int:
+        return 1 + self.num_stacks if STACK_MODES[self.stack_mode].needs_hires else 1
+
+    # ---- images ------------------------------------------------------------------------------------
+    def _normalise(self, views: list[Image.Image]) -> np.ndarray:
+        processor = self.image_processor
+        array = np.stack([np.asarray(view, dtype=np.float32) for view in views]) * processor.rescale_factor
+        array = (array - np.asarray(processor.image_mean, np.float32)) / np.asarray(processor.image_std, np.float32)
+        return array.transpose(0, 3, 1, 2)
+
+    def image_views(self, image: Image.Image) -> np.ndarray:
+        """``(views, 3, size, size)``: the global view, then the hi-res crops row-major when the mode uses them."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"DeepStackProcessor expects PIL images, got {type(image).__name__}")
+        fill = tuple(int(round(255 * m)) for m in self.image_processor.image_mean)
+        square = pad_to_square(to_rgb(image, fill), fill)
+        size = self.image_size
+        views = [square.resize((size, size), Image.Resampling.BICUBIC)]
+        if self.num_views > 1:
+            scale = self.hires_scale
+            hires = square.resize((scale * size, scale * size), Image.Resampling.BICUBIC)
+            views += [
+                hires.crop((col * size, row * size, (col + 1) * size, (row + 1) * size))
+                for row in range(scale)
+                for col in range(scale)
+            ]
+        return self._normalise(views)
+
+    # ---- text --------------------------------------------------------------------------------------
+    def format_prompt(self, prompt: str | list[dict], add_generation_prompt: bool = True) -> str:
+        """Render a user prompt (a string) or a list of chat messages with the tokenizer's chat template.
+
+        Message contents may be strings (with ``<image>`` where the image goes) or transformers-style lists
+        of ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts.
+        """
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        flat = []
+        for message in messages:
+            content = message["content"]
+            if not isinstance(content, str):
+                content = "".join(
+                    self.image_token + "\n" if part["type"] == "image" else part["text"] for part in content
+                )
+            flat.append({"role": message["role"], "content": content})
+        template = self.chat_template or self.tokenizer.chat_template
+        if template is None:
+            raise ValueError("this tokenizer has no chat template; pass plain text or set tokenizer.chat_template")
+        return self.tokenizer.apply_chat_template(
+            flat, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def expand_image_tokens(self, text: str) -> str:
+        return text.replace(self.image_token, self.image_token * self.image_seq_length)
+
+    def __call__(
+        self,
+        images=None,
+        text: str | list[str] | None = None,
+        *,
+        use_chat_template: bool = False,
+        add_generation_prompt: bool = True,
+        padding: bool | str = True,
+        padding_side: str | None = None,
+        return_tensors: str | None = "pt",
+        **tokenizer_kwargs,
+    ) -> BatchFeature:
+        """Tokenise prompts and preprocess their images.
+
+        ``images``: ``None``, one PIL image, a list (one per ``<image>`` placeholder, in order over all prompts)
+        or a list of lists (per prompt). ``text``: a prompt or a list of prompts, each with one ``<image>``
+        placeholder per image. ``use_chat_template`` wraps each prompt as a user turn of the chat template.
+        """
+        if text is None:
+            raise ValueError("DeepStackProcessor needs text: a prompt with an <image> placeholder per image")
+        texts = [text] if isinstance(text, str) else list(text)
+        if use_chat_template:
+            texts = [self.format_prompt(t, add_generation_prompt) for t in texts]
+        flat_images = _flatten_images(images, texts, self.image_token)
+        encoding = self.tokenizer(
+            [self.expand_image_tokens(t) for t in texts],
+            padding=padding,
+            padding_side=padding_side,
+            return_tensors=return_tensors,
+            add_special_tokens=not use_chat_template,
+            **tokenizer_kwargs,
+        )
+        data = dict(encoding)
+        if flat_images:
+            data["pixel_values"] = torch.from_numpy(np.stack([self.image_views(image) for image in flat_images]))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+def _flatten_images(images, texts: list[str], image_token: str) -> list[Image.Image]:
+    counts = [t.count(image_token) for t in texts]
+    if images is None:
+        flat = []
+    elif isinstance(images, Image.Image):
+        flat = [images]
+    elif all(isinstance(item, (list, tuple)) for item in images) and len(images) == len(texts):
+        for index, (per_prompt, count) in enumerate(zip(images, counts)):
+            if len(per_prompt) != count:
+                raise ValueError(
+                    f"prompt {index} has {count} {image_token} placeholder(s) but {len(per_prompt)} image(s)"
+                )
+        flat = [image for per_prompt in images for image in per_prompt]
+    else:
+        flat = list(images)
+    if len(flat) != sum(counts):
+        raise ValueError(
+            f"{len(flat)} image(s) given but the prompt(s) hold {sum(counts)} {image_token} placeholder(s) "
+            f"(per prompt: {counts}); put one {image_token} in the text for each image"
+        )
+    return flat
+
+
+__all__ = ["DeepStackProcessor", "load_image"]

@@ -77,7 +77,7 @@ def tiny_vision_config(
 TINY_TEXT_CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig, "phi3": Phi3Config}
 
 
-def tiny_text_config(kind: str = "llama", vocab_size: int = 262, hidden_size: int = 64, num_layers: int = 6):
+def tiny_text_config(kind: str = "llama", vocab_size: int = 262, hidden_size: int = 64, num_layers: int = 8):
     if kind not in TINY_TEXT_CONFIGS:
         raise ValueError(f"unknown tiny LLM {kind!r}; choose one of {', '.join(TINY_TEXT_CONFIGS)}")
     tokenizer = tiny_tokenizer()

@@ -135,3 +135,5 @@ class DeepStackConfig(PreTrainedConfig):
 
 
 __all__ = ["DeepStackConfig"]
+
+AutoConfig.register(DeepStackConfig.model_type, DeepStackConfig, exist_ok=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
 
@@ -263,3 +263,5 @@ def _is_prefill(past_key_values) -> bool:
 
 
 __all__ = ["DeepStackForConditionalGeneration", "DeepStackImageOutput", "DeepStackPreTrainedModel"]
+
+AutoModelForImageTextToText.register(DeepStackConfig, DeepStackForConditionalGeneration, exist_ok=True)

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tokenizers import AddedToken
-from transformers import BatchFeature, ProcessorMixin
+from transformers import AutoProcessor, BatchFeature, ProcessorMixin
+
+from .configuration import DeepStackConfig
 
 from .modes import STACK_MODES
 
@@ -260,3 +262,5 @@ def _flatten_images(images, texts: list[str], image_token: str) -> list[Image.Im
 
 
 __all__ = ["DeepStackProcessor", "load_image"]
+
+AutoProcessor.register(DeepStackConfig, DeepStackProcessor, exist_ok=True)

@@ -1,0 +1,88 @@
+"""The ``deepstack`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub from the command line
+
+
+def _build(args) -> None:
+    from ..model.builder import build_model
+
+    settings = {
+        "stack_mode": args.mode,
+        "hires_scale": args.hires_scale,
+        "stack_start_layer": args.start_layer,
+        "stack_interval": args.interval,
+        "stack_sampling": args.sampling,
+    }
+    model, processor = build_model(args.vision, args.llm, **settings)
+    model.save_pretrained(args.out)
+    processor.save_pretrained(args.out)
+    config = model.config
+    print(
+        f"saved a DeepStack model to {args.out}: stack_mode={config.stack_mode}, {config.num_stacks} stacks, "
+        f"{config.image_seq_length} image tokens per image, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
+    )
+
+
+def _generate(args) -> None:
+    from ..model.builder import load_pretrained
+    from ..model.processing import load_image
+    from .generate import answer, pick_device, pick_dtype
+
+    image = load_image(args.image)  # check the input before the (slower) model load
+    device = pick_device(args.device)
+    model, processor = load_pretrained(args.model)
+    dtype = pick_dtype(args.dtype, device)
+    model.to(device=device, dtype=dtype) if dtype else model.to(device)
+    kwargs = {"do_sample": True, "temperature": args.temperature} if args.sample else {"do_sample": False}
+    print(answer(model, processor, [image], [args.question], max_new_tokens=args.max_new_tokens, **kwargs)[0])
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="deepstack", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="assemble a DeepStack model from a vision encoder and an LLM")
+    build.add_argument("--vision", default="tiny-clip", help="local checkpoint dir, or tiny-clip / tiny-siglip")
+    build.add_argument(
+        "--llm", default="tiny-llama", help="local checkpoint dir or .gguf, smollm2-135m, or tiny-llama/qwen2/..."
+    )
+    build.add_argument("--mode", default="llm", help="stack_mode (none, llm, vit, ...)")
+    build.add_argument("--hires-scale", type=int, default=2)
+    build.add_argument("--start-layer", type=int, default=1)
+    build.add_argument("--interval", type=int, default=1)
+    build.add_argument("--sampling", default="2d_spatial")
+    build.add_argument("--out", required=True, help="directory to save the model and processor in")
+    build.set_defaults(run=_build)
+
+    generate = commands.add_parser("generate", help="answer a question about an image")
+    generate.add_argument("--model", required=True, help="a directory saved by `deepstack build` or training")
+    generate.add_argument("--image", required=True)
+    generate.add_argument("question")
+    generate.add_argument("--max-new-tokens", type=int, default=32)
+    generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    generate.add_argument("--temperature", type=float, default=0.7)
+    generate.add_argument("--device", default="auto")
+    generate.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    generate.set_defaults(run=_generate)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except ValueError as error:
+        print(f"deepstack {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

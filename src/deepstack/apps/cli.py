@@ -44,6 +44,37 @@ def _generate(args) -> None:
     print(answer(model, processor, [image], [args.question], max_new_tokens=args.max_new_tokens, **kwargs)[0])
 
 
+def _train(args) -> None:
+    from .train.config import load_config
+    from .train.loop import train
+
+    config = load_config(args.config, args.overrides + (["--data.skip_invalid=true"] if args.skip_invalid else []))
+    result = train(config, resume=args.resume)
+    print(
+        f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}; "
+        f"model in {result.output_dir} (loss curve: {result.output_dir / 'loss.png'})"
+    )
+
+
+def _validate_data(args) -> None:
+    from ..model.builder import build_model, load_pretrained
+    from .train.config import load_config
+    from .train.data import validate
+
+    config = load_config(args.config, args.overrides)
+    section = config.model
+    _, processor = load_pretrained(section.init_from) if section.init_from else build_model(
+        section.vision, section.llm, **section.settings
+    )
+    items, problems = validate(config.data.sources, processor, config.stage, config.data.max_length)
+    for problem in problems:
+        print(problem)
+    valid = sum(len(per_source) for per_source in items)
+    print(f"{valid} valid record(s), {len(problems)} invalid")
+    if problems:
+        raise SystemExit(1)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="deepstack", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -71,11 +102,27 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", default="auto")
     generate.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     generate.set_defaults(run=_generate)
+
+    for name, run, text in (
+        ("train", _train, "train a DeepStack model from a YAML config (pretrain or finetune stage)"),
+        ("validate-data", _validate_data, "check every record of a config's data and list the invalid ones"),
+    ):
+        command = commands.add_parser(name, help=text, description=text + ". Override any key with --section.key=value.")
+        command.add_argument("config", help="the run's YAML file")
+        command.add_argument(
+            "--skip-invalid", action="store_true", help="skip invalid records (listed in the output folder)"
+        )
+        if name == "train":
+            command.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+        command.set_defaults(run=run)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args, unknown = parser().parse_known_args(argv)
+    args.overrides = [item for item in unknown if item.startswith("--") and "=" in item]
+    if len(args.overrides) != len(unknown) or (args.overrides and args.command not in ("train", "validate-data")):
+        parser().error(f"unrecognized arguments: {' '.join(unknown)}")
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # our own output stays readable; errors still print

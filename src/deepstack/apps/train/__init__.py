@@ -1,0 +1,1 @@
+"""Training: the two-stage LLaVA recipe (DEEPSTACK.md, "Training recipe") on accelerate."""

@@ -42,12 +42,13 @@ def write_dataset(folder: Path, count: int = 16, name: str = "train.json", jsonl
     return path
 
 
-def write_config(folder: Path, data: Path, **sections) -> Path:
+def write_config(folder: Path, data_file: Path, **sections) -> Path:
     """A run config for the tiny model; ``sections`` update the defaults (e.g. optim={"lr": 1e-3})."""
     config = {
         "stage": "finetune",
         "model": {"vision": "tiny-clip", "llm": "tiny-llama", "settings": {"stack_mode": "llm"}},
-        "data": {"sources": [{"path": str(data), "image_folder": str(data.parent / "images")}], "num_workers": 0},
+        "data": {"sources": [{"path": str(data_file), "image_folder": str(data_file.parent / "images")}],
+                 "num_workers": 0},
         "optim": {"global_batch_size": 8, "micro_batch_size": 4, "lr": 3e-3, "precision": "fp32", "max_steps": 4,
                   "warmup_ratio": 0.0},
         "output": {"dir": str(folder / "run"), "save_every": 1000},

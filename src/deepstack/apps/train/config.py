@@ -117,6 +117,11 @@ def _build(cls, data: Any, where: str):
             value = [_build(DataSource, item, f"{path}[{i}]") for i, item in enumerate(value)]
         elif kind is not None and value is not None:
             value = _build(kind, value, path)
+        elif "float" in str(fields[name].type) and isinstance(value, str):
+            try:  # YAML reads 2e-5 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{path}={value!r}: expected a number") from None
         values[name] = value
     try:
         return cls(**values)

@@ -152,13 +152,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ValueError(f"{path}: invalid YAML: {error}") from None
         if not isinstance(tree, dict):
             raise ValueError(f"{path}: the top level must be a mapping")
-        base = path.parent
-        for source in tree.get("data", {}).get("sources", []) or []:
-            # relative data paths are relative to the config file
-            if isinstance(source, dict):
-                for key in ("path", "image_folder"):
-                    if key in source and not Path(source[key]).is_absolute():
-                        source[key] = str(base / source[key])
     for override in overrides:
         key, sep, raw = override.removeprefix("--").partition("=")
         if not sep:

@@ -9,6 +9,7 @@ what makes a resumed run continue exactly where the interrupted one was.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -161,7 +162,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     started = time.time()
     optim, output_dir = config.optim, Path(config.output.dir)
+    for tracker in config.output.report_to:
+        if importlib.util.find_spec(tracker) is None:
+            raise ValueError(f"output.report_to lists {tracker}, which is not installed: pip install {tracker}")
     accelerator = Accelerator(
+        cpu=torch.accelerator.current_accelerator() is None,  # lets torchrun's processes use gloo on a CPU machine
         mixed_precision=_precision(optim.precision),
         log_with=config.output.report_to or None,
         project_dir=str(output_dir),

@@ -19,6 +19,9 @@ def _build(args) -> None:
         "stack_interval": args.interval,
         "stack_sampling": args.sampling,
     }
+    import torch
+
+    torch.manual_seed(args.seed)  # the random parts (projector, tiny towers) are reproducible
     model, processor = build_model(args.vision, args.llm, **settings)
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)
@@ -89,6 +92,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--start-layer", type=int, default=1)
     build.add_argument("--interval", type=int, default=1)
     build.add_argument("--sampling", default="2d_spatial")
+    build.add_argument("--seed", type=int, default=0, help="seed for the randomly initialised weights")
     build.add_argument("--out", required=True, help="directory to save the model and processor in")
     build.set_defaults(run=_build)
 

@@ -67,7 +67,7 @@ def _validate_data(args) -> None:
     config = load_config(args.config, args.overrides)
     section = config.model
     _, processor = load_pretrained(section.init_from) if section.init_from else build_model(
-        section.vision, section.llm, **section.settings
+        section.vision, section.llm, vision_size=section.vision_size, llm_size=section.llm_size, **section.settings
     )
     items, problems = validate(config.data.sources, processor, config.stage, config.data.max_length)
     for problem in problems:

@@ -58,7 +58,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_vision_config(
-    kind: str = "clip", image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, num_layers: int = 6
+    kind: str = "clip", image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, num_layers: int = 6,
+    num_heads: int = 4,
 ):
     common = dict(
         image_size=image_size,
@@ -66,7 +67,7 @@ def tiny_vision_config(
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
+        num_attention_heads=num_heads,
     )
     if kind == "clip":
         return CLIPVisionConfig(**common)
@@ -122,13 +123,16 @@ def _local_dir(path: str | os.PathLike, what: str, names: list[str]) -> Path:
     return path
 
 
-def load_vision(name_or_path: str | os.PathLike):
-    """(vision model, image processor) from ``tiny-clip`` / ``tiny-siglip`` or a local checkpoint directory
-    (a vision-only checkpoint, or a full CLIP / SigLIP checkpoint whose vision half is taken)."""
+def load_vision(name_or_path: str | os.PathLike, tiny_size: dict | None = None):
+    """(vision model, image processor) from ``tiny-clip`` / ``tiny-siglip`` (sized by ``tiny_size``, the
+    arguments of ``tiny_vision_config``) or a local checkpoint directory (a vision-only checkpoint, or a full
+    CLIP / SigLIP checkpoint whose vision half is taken)."""
     name = str(name_or_path)
     if name.startswith("tiny-"):
-        config = tiny_vision_config(name.removeprefix("tiny-"))
+        config = tiny_vision_config(name.removeprefix("tiny-"), **(tiny_size or {}))
         return AutoModel.from_config(config), default_image_processor(config)
+    if tiny_size:
+        raise ValueError(f"a size ({tiny_size}) is only for tiny-* vision encoders, not {name!r}")
     path = _local_dir(name_or_path, "vision encoder", ["tiny-clip", "tiny-siglip"])
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     config = getattr(config, "vision_config", config)
@@ -147,13 +151,16 @@ def _vision_class(config):
     return MODEL_MAPPING[type(config)]
 
 
-def load_language(name_or_path: str | os.PathLike):
-    """(causal LM, tokenizer) from a short name, a local checkpoint directory or a ``.gguf`` file."""
+def load_language(name_or_path: str | os.PathLike, tiny_size: dict | None = None):
+    """(causal LM, tokenizer) from a short name (``tiny-*`` sized by ``tiny_size``, the arguments of
+    ``tiny_text_config``), a local checkpoint directory or a ``.gguf`` file."""
     name = str(name_or_path)
     if name.startswith("tiny-"):
         tokenizer = tiny_tokenizer()
-        config = tiny_text_config(name.removeprefix("tiny-"), vocab_size=len(tokenizer))
+        config = tiny_text_config(name.removeprefix("tiny-"), vocab_size=len(tokenizer), **(tiny_size or {}))
         return AutoModelForCausalLM.from_config(config), tokenizer
+    if tiny_size:
+        raise ValueError(f"a size ({tiny_size}) is only for tiny-* LLMs, not {name!r}")
     if name == "smollm2-135m":
         return _load_gguf(smollm2_gguf_path())
     path = _local_dir(name_or_path, "language model", ["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-phi3", "smollm2-135m"])
@@ -183,16 +190,19 @@ def build_model(
     vision: str | os.PathLike = "tiny-clip",
     language: str | os.PathLike = "tiny-llama",
     dtype: torch.dtype | None = None,
+    vision_size: dict | None = None,
+    llm_size: dict | None = None,
     **settings,
 ) -> tuple[DeepStackForConditionalGeneration, DeepStackProcessor]:
     """A DeepStack model and its processor from a vision encoder and an LLM, in one call.
 
-    ``settings`` are ``DeepStackConfig`` fields (``stack_mode``, ``hires_scale``, ...). The image token is
+    ``settings`` are ``DeepStackConfig`` fields (``stack_mode``, ``hires_scale``, ...); ``vision_size`` and
+    ``llm_size`` size the ``tiny-*`` parts (e.g. ``{"hidden_size": 128, "num_layers": 6}``). The image token is
     added to the tokenizer when missing and the LLM's embeddings grow to match. The vision feature strategy
     defaults to dropping the CLS token when the encoder has one.
     """
-    vision_model, image_processor = load_vision(vision)
-    language_model, tokenizer = load_language(language)
+    vision_model, image_processor = load_vision(vision, vision_size)
+    language_model, tokenizer = load_language(language, llm_size)
     probe = DeepStackProcessor(image_processor, tokenizer)  # adds <image> to the tokenizer if missing
     if len(tokenizer) > language_model.get_input_embeddings().num_embeddings:
         language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)

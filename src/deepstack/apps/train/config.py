@@ -24,6 +24,8 @@ class ModelSection:
     llm: str = "tiny-llama"
     init_from: str | None = None  # a saved DeepStack model, e.g. the pretrain run's output
     settings: dict[str, Any] = field(default_factory=dict)  # DeepStackConfig fields
+    vision_size: dict[str, Any] = field(default_factory=dict)  # sizes of a tiny-* vision encoder
+    llm_size: dict[str, Any] = field(default_factory=dict)  # sizes of a tiny-* LLM
     train_vision: bool = False  # also train the vision encoder (DeepStack-V needs it)
     lora: LoraSettings | None = None  # LoRA on the LLM instead of full fine-tuning
 

@@ -97,7 +97,9 @@ def _make_model(config: TrainConfig):
             raise ValueError("model.settings cannot change a model loaded with model.init_from; drop one of them")
         model, processor = load_pretrained(section.init_from)
     else:
-        model, processor = build_model(section.vision, section.llm, **section.settings)
+        model, processor = build_model(
+            section.vision, section.llm, vision_size=section.vision_size, llm_size=section.llm_size, **section.settings
+        )
     finetune = config.stage == "finetune"
     model.set_trainable(vision=section.train_vision, projector=True, language=finetune and section.lora is None)
     if section.lora is not None:

@@ -23,7 +23,7 @@ def evaluate(
     records_file: str | Path,
     image_folder: str | Path,
     batch_size: int = 32,
-    max_new_tokens: int = 6,
+    max_new_tokens: int = 12,
     limit: int | None = None,
     progress: bool = True,
 ) -> dict:

@@ -1,9 +1,11 @@
 """A fine-detail task where DeepStack's claim can be checked on a CPU (issue 4, DEEPSTACK.md).
 
-Each 64x64 image has a large shape (coarse: its colour and its kind survive downsampling) and a small white
-label with one digit printed in Pillow's bundled font (fine: about 5x7 px, legible at 64 px and blurred to
-about 2.5x3.5 px in the 32 px global view). Questions come in two kinds: *fine* ("What number is on the
-label?") and *coarse* ("What colour is the large shape?", "What shape is the large object?"). Data is written
+Each 64x64 image has a large shape (coarse: its colour and its kind survive downsampling), a small white
+label in the lower-left corner with one digit printed in Pillow's bundled font (fine: about 5x7 px, legible
+at 64 px, blurred to about 2.5x3.5 px in the 32 px global view) and a 10x10 px square in the lower-right
+corner filled with a 1 px pattern (fine: horizontal lines, vertical lines or a checkerboard, which all
+average to the same grey at half size). Questions come in two kinds: *fine* (the digit, the pattern) and
+*coarse* ("What colour is the large shape?", "What shape is the large object?"). Data is written
 in LLaVA format: ``images/``, ``train.json`` (multi-turn, every question of an image), and ``val.json`` /
 ``test.json`` (one question per record, with a ``kind`` field).
 """
@@ -24,8 +26,10 @@ COLOURS = {
     "yellow": (225, 200, 30), "purple": (140, 50, 170), "orange": (240, 130, 20),
 }
 SHAPES = ("circle", "square", "triangle")
+PATTERNS = ("horizontal", "vertical", "checkered")  # 1 px period: each averages to the same grey at half size
 QUESTIONS = {
-    "digit": ("fine", "What number is on the label?"),
+    "digit": ("fine", "What number is on the lower-left label?"),
+    "pattern": ("fine", "What pattern is in the lower-right square?"),
     "colour": ("coarse", "What colour is the large shape?"),
     "shape": ("coarse", "What shape is the large object?"),
 }
@@ -35,6 +39,7 @@ SPLITS = {"train": 3000, "val": 200, "test": 400}
 @dataclass(frozen=True)
 class Scene:
     digit: str
+    pattern: str
     colour: str
     shape: str
 
@@ -47,14 +52,13 @@ def _font(size: int = 9) -> ImageFont.FreeTypeFont:
 
 
 def draw_scene(rng: random.Random) -> tuple[Image.Image, Scene]:
-    scene = Scene(str(rng.randrange(10)), rng.choice(list(COLOURS)), rng.choice(SHAPES))
+    scene = Scene(str(rng.randrange(10)), rng.choice(PATTERNS), rng.choice(list(COLOURS)), rng.choice(SHAPES))
     tone = rng.randrange(200, 236)
     image = Image.new("RGB", (CANVAS, CANVAS), (tone, tone + rng.randrange(-8, 9), tone + rng.randrange(-8, 9)))
     draw = ImageDraw.Draw(image)
-    # the label sits in one corner; the shape stays out of that quadrant's corner
-    corner = rng.randrange(4)
-    left = 2 + rng.randrange(3) if corner % 2 == 0 else CANVAS - 13 - rng.randrange(3)
-    top = 2 + rng.randrange(3) if corner < 2 else CANVAS - 14 - rng.randrange(3)
+    # the label sits in the lower-left corner, the patterned square in the lower-right; the shape keeps to
+    # the middle, with some jitter
+    left, top = 2, CANVAS - 14
     size = rng.randrange(26, 34)
     cx = CANVAS // 2 + rng.randrange(-4, 5)
     cy = CANVAS // 2 + rng.randrange(-4, 5)
@@ -68,6 +72,11 @@ def draw_scene(rng: random.Random) -> tuple[Image.Image, Scene]:
         draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=fill)
     draw.rectangle((left, top, left + 10, top + 11), fill=(250, 250, 250), outline=(90, 90, 90))
     draw.text((left + 3, top + 1), scene.digit, font=_font(), fill=(0, 0, 0))
+    pixels = image.load()
+    for y in range(CANVAS - 12, CANVAS - 2):
+        for x in range(CANVAS - 12, CANVAS - 2):
+            dark = {"horizontal": y % 2, "vertical": x % 2, "checkered": (x + y) % 2}[scene.pattern]
+            pixels[x, y] = (20, 20, 20) if dark else (235, 235, 235)
     return image, scene
 
 
@@ -117,3 +126,51 @@ def normalise(text: str) -> str:
     """Exact-match normalisation (VQA style): lower case, no punctuation or articles, single spaces."""
     text = re.sub(r"[^\w\s]", " ", text.lower())
     return " ".join(word for word in text.split() if word not in ("a", "an", "the"))
+
+
+def probe_legibility(data: str | Path, global_size: int = 32, hires_scale: int = 2, epochs: int = 12,
+                     seed: int = 0) -> dict[str, float]:
+    """How readable the fine detail is from the pixels alone, at the global view's size and at the hi-res
+    view's size: the same small CNN learns the digit from the train images at each size and is scored on
+    the test images. It checks the task's premise, independently of any LMM."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    data = Path(data)
+
+    def load(split: str, size: int):
+        records = [r for r in json.loads((data / f"{split}.json").read_text()) if r.get("question", "digit") == "digit"]
+        pixels, labels = [], []
+        for record in records:
+            image = Image.open(data / "images" / record["image"]).convert("RGB")
+            pixels.append(np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255)
+            answer = record["conversations"][1]["value"] if split != "train" else next(
+                t["value"] for i, t in enumerate(record["conversations"][1:], 1)
+                if i % 2 == 1 and record["conversations"][i - 1]["value"].endswith(QUESTIONS["digit"][1])
+            )
+            labels.append(int(answer))
+        return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2), torch.tensor(labels)
+
+    scores = {}
+    for name, size in ((f"global_{global_size}px", global_size), (f"hires_{global_size * hires_scale}px",
+                                                                   global_size * hires_scale)):
+        torch.manual_seed(seed)
+        train_x, train_y = load("train", size)
+        test_x, test_y = load("test", size)
+        net = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveMaxPool2d(8), nn.Flatten(), nn.Linear(32 * 64, 128), nn.ReLU(), nn.Linear(128, 10),
+        )
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        for _ in range(epochs):
+            order = torch.randperm(len(train_x))
+            for begin in range(0, len(order), 64):
+                batch = order[begin : begin + 64]
+                loss = nn.functional.cross_entropy(net(train_x[batch]), train_y[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            scores[name] = (net(test_x).argmax(-1) == test_y).float().mean().item()
+    return scores

@@ -215,9 +215,7 @@ def build_model(
         image_token_id=probe.image_token_id,
         **settings,
     )
-    model = DeepStackForConditionalGeneration(config)
-    model.vision_tower.load_state_dict(vision_model.state_dict())
-    model.language_model.load_state_dict(language_model.state_dict())
+    model = DeepStackForConditionalGeneration.from_modules(config, vision_model, language_model)
     generation = model.generation_config
     generation.bos_token_id = tokenizer.bos_token_id
     generation.eos_token_id = tokenizer.eos_token_id

@@ -81,6 +81,23 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
         )
         self.post_init()
 
+    @classmethod
+    def from_modules(
+        cls, config: DeepStackConfig, vision_tower: nn.Module, language_model: nn.Module
+    ) -> DeepStackForConditionalGeneration:
+        """A model around existing (e.g. pretrained) towers, without allocating and initialising a second
+        copy of them: the skeleton is made on the meta device, then the towers and a fresh projector go in."""
+        with torch.device("meta"):
+            model = cls(config)
+        model.vision_tower, model.language_model = vision_tower, language_model
+        device = next(language_model.parameters()).device
+        model.projector = DeepStackProjector(
+            model.projector.linear_1.in_features, config.text_config.hidden_size, config.projector_hidden_act
+        ).to(device)
+        for layer in (model.projector.linear_1, model.projector.linear_2):
+            model._init_weights(layer)
+        return model
+
     # ---- plumbing that makes us look like any transformers causal LM --------------------------------
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()

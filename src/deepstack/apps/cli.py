@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub from the command line
 
@@ -78,6 +80,32 @@ def _validate_data(args) -> None:
         raise SystemExit(1)
 
 
+def _make_data(args) -> None:
+    from .finedetail import SPLITS, make_data, probe_legibility
+
+    sizes = {"train": 600, "val": 60, "test": 150} if args.quick else SPLITS
+    make_data(args.out, seed=args.seed, sizes=sizes)
+    print(f"wrote {sizes} images with fine and coarse questions to {args.out}")
+    if args.probe:
+        scores = probe_legibility(args.out, seed=args.seed)
+        (Path(args.out) / "probe.json").write_text(json.dumps(scores, indent=2))
+        print("image-only probe, digit accuracy: " + ", ".join(f"{k} {v:.1%}" for k, v in scores.items()))
+
+
+def _demo(args) -> None:
+    from .demo import demo
+
+    demo(args.out, quick=args.quick, llm=args.llm, seed=args.seed, steps=args.steps)
+
+
+def _bench(args) -> None:
+    from .bench import run
+
+    results = run(args.out, repeats=args.repeats, scales=tuple(args.scales), quick=args.quick)
+    print((Path(args.out) / "bench.md").read_text())
+    print(f"bench: {len(results['modes'])} modes; bench.md, bench.json and bench.png in {args.out}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="deepstack", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -119,6 +147,27 @@ def parser() -> argparse.ArgumentParser:
         if name == "train":
             command.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
         command.set_defaults(run=run)
+    make_data = commands.add_parser("make-data", help="write the fine-detail dataset (LLaVA format)")
+    make_data.add_argument("out")
+    make_data.add_argument("--seed", type=int, default=0)
+    make_data.add_argument("--quick", action="store_true", help="a small dataset")
+    make_data.add_argument("--probe", action="store_true", help="also measure legibility with an image-only CNN")
+    make_data.set_defaults(run=_make_data)
+
+    demo = commands.add_parser("demo", help="train none and llm models on the fine-detail task and compare them")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--quick", action="store_true", help="small and fast (CI): a real train and eval, little data")
+    demo.add_argument("--llm", default="tiny-llama", help="tiny-llama (from scratch) or smollm2-135m (pretrained)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=int, default=None, help="optimizer steps per model")
+    demo.set_defaults(run=_demo)
+
+    bench = commands.add_parser("bench", help="measure the cost of every stack_mode at real model shapes")
+    bench.add_argument("--out", default="runs/bench")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--scales", type=int, nargs="+", default=[1, 2, 3, 4])
+    bench.add_argument("--quick", action="store_true", help="skip the training step")
+    bench.set_defaults(run=_bench)
     return root
 
 

@@ -60,14 +60,15 @@ def _adding_hook(positions: torch.Tensor, rows: torch.Tensor):
 
 @contextmanager
 def inject_stacks(
-    layers: Sequence[nn.Module], positions: torch.Tensor, stacks: torch.Tensor, start: int, interval: int
+    layers: Sequence[nn.Module], positions: torch.Tensor, stacks: Sequence[torch.Tensor], start: int, interval: int
 ) -> Iterator[None]:
-    """Within the block, stack ``k`` (``stacks[k]``, shape ``(M, D)``) is added at ``positions`` to the
-    input of ``layers[start + k*interval]``. ``positions`` empty (a decode step) means nothing is hooked."""
+    """Within the block, stack ``k`` (``stacks[k]``, shape ``(M, D)``; a list or an ``(S, M, D)`` tensor) is
+    added at ``positions`` to the input of ``layers[start + k*interval]``. ``positions`` empty (a decode
+    step) means nothing is hooked."""
     handles = []
     try:
         if positions.numel():
-            for k, index in enumerate(stack_layers(start, interval, stacks.shape[0])):
+            for k, index in enumerate(stack_layers(start, interval, len(stacks))):
                 hook = _adding_hook(positions, stacks[k])
                 handles.append(layers[index].register_forward_pre_hook(hook, with_kwargs=True))
         yield

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -41,13 +42,23 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 # ---- tiny parts, built from configs (tests, demo, benchmarks at small scale) ---------------------------
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer (every UTF-8 string encodes, 256 byte tokens + specials), made locally."""
+def tiny_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer made locally: every UTF-8 string encodes. Without a corpus it has the 256
+    byte tokens and no merges; with one, ``vocab_size`` tokens learned from it (its words become one token
+    each, so sequences are several times shorter)."""
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     specials = ["<|pad|>", "<|bos|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
-    vocab = {token: index for index, token in enumerate(specials + sorted(alphabet))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    if corpus is None:
+        vocab = {token: index for index, token in enumerate(specials + sorted(alphabet))}
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    else:
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+        )
+        backend.train_from_iterator(corpus, trainer)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(specials)
     tokenizer = PreTrainedTokenizerFast(
@@ -151,12 +162,15 @@ def _vision_class(config):
     return MODEL_MAPPING[type(config)]
 
 
-def load_language(name_or_path: str | os.PathLike, tiny_size: dict | None = None):
+def load_language(name_or_path: str | os.PathLike, tiny_size: dict | None = None, tokenizer=None):
     """(causal LM, tokenizer) from a short name (``tiny-*`` sized by ``tiny_size``, the arguments of
-    ``tiny_text_config``), a local checkpoint directory or a ``.gguf`` file."""
+    ``tiny_text_config``, with ``tokenizer`` or the byte-level ``tiny_tokenizer()``), a local checkpoint
+    directory or a ``.gguf`` file."""
     name = str(name_or_path)
+    if tokenizer is not None and not name.startswith("tiny-"):
+        raise ValueError(f"a tokenizer can be given only for tiny-* LLMs; {name!r} brings its own")
     if name.startswith("tiny-"):
-        tokenizer = tiny_tokenizer()
+        tokenizer = tokenizer or tiny_tokenizer()
         config = tiny_text_config(name.removeprefix("tiny-"), vocab_size=len(tokenizer), **(tiny_size or {}))
         return AutoModelForCausalLM.from_config(config), tokenizer
     if tiny_size:
@@ -192,17 +206,19 @@ def build_model(
     dtype: torch.dtype | None = None,
     vision_size: dict | None = None,
     llm_size: dict | None = None,
+    tokenizer=None,
     **settings,
 ) -> tuple[DeepStackForConditionalGeneration, DeepStackProcessor]:
     """A DeepStack model and its processor from a vision encoder and an LLM, in one call.
 
     ``settings`` are ``DeepStackConfig`` fields (``stack_mode``, ``hires_scale``, ...); ``vision_size`` and
-    ``llm_size`` size the ``tiny-*`` parts (e.g. ``{"hidden_size": 128, "num_layers": 6}``). The image token is
+    ``llm_size`` size the ``tiny-*`` parts (e.g. ``{"hidden_size": 128, "num_layers": 6}``); ``tokenizer``
+    replaces the byte-level tokenizer of a ``tiny-*`` LLM (e.g. ``tiny_tokenizer(corpus)``). The image token is
     added to the tokenizer when missing and the LLM's embeddings grow to match. The vision feature strategy
     defaults to dropping the CLS token when the encoder has one.
     """
     vision_model, image_processor = load_vision(vision, vision_size)
-    language_model, tokenizer = load_language(language, llm_size)
+    language_model, tokenizer = load_language(language, llm_size, tokenizer)
     probe = DeepStackProcessor(image_processor, tokenizer)  # adds <image> to the tokenizer if missing
     if len(tokenizer) > language_model.get_input_embeddings().num_embeddings:
         language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)

@@ -238,7 +238,7 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
             if input_ids is None:
                 raise ValueError("images need input_ids to find the image-token positions")
             positions = (input_ids == self.config.image_token_id).flatten().nonzero().squeeze(1)
-            sequence = torch.cat(list(image.pooler_output))
+            sequence = _rows(image.pooler_output)
             if sequence.shape[0] != positions.numel():
                 raise ValueError(
                     f"the input holds {positions.numel()} image tokens (id {self.config.image_token_id}) but the "
@@ -249,7 +249,7 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
             flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
             inputs_embeds = flat.index_copy(0, positions, sequence.to(inputs_embeds.dtype)).view_as(inputs_embeds)
             if image.deepstack_features is not None:
-                stacks = torch.stack([torch.cat(list(stack)) for stack in image.deepstack_features])
+                stacks = [_rows(stack) for stack in image.deepstack_features]  # no (S, M, D) copy
         elif input_ids is not None and _is_prefill(past_key_values):
             if (input_ids == self.config.image_token_id).any():
                 raise ValueError(
@@ -273,6 +273,12 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
                 logits_to_keep=logits_to_keep,
                 **{"return_dict": True, **kwargs},
             )
+
+
+def _rows(per_image) -> torch.Tensor:
+    """Per-image features (a list, or a tensor with a leading image axis) as one ``(rows, D)`` tensor."""
+    parts = list(per_image)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _is_prefill(past_key_values) -> bool:

@@ -1,0 +1,54 @@
+"""The benchmark's measuring tools (the timed numbers themselves are in docs/, not asserted here)."""
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModelForCausalLM
+
+from deepstack.apps.bench import llm_prefill_flops_formula, peak_bytes, report
+from deepstack.model.builder import tiny_text_config
+
+
+def test_flop_formula_matches_torch_flop_counter_on_a_llama():
+    config = tiny_text_config("llama", hidden_size=64, num_layers=3)
+    model = AutoModelForCausalLM.from_config(config)
+    tokens = 37
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=torch.randint(0, config.vocab_size, (2, tokens)))
+    counted = counter.get_total_flops()
+    matmuls_only = llm_prefill_flops_formula(config, tokens, batch=2, attention=False)
+    attention = llm_prefill_flops_formula(config, tokens, batch=2) - matmuls_only
+    assert attention == 2 * 2 * 3 * 2 * tokens * tokens * 64  # QK^T and AV, 3 layers, batch 2
+    # CPU attention kernels are not counted by torch; everything else is
+    assert counted in (matmuls_only, matmuls_only + attention)
+
+
+def test_peak_bytes_sees_a_transient_allocation():
+    def allocate():
+        big = torch.ones(1_000_000)  # 4 MB held, then freed
+        return float(big.sum())
+
+    peak = peak_bytes(allocate, torch.device("cpu"))
+    assert 4_000_000 <= peak < 8_000_000
+
+
+def test_report_checks_the_targets_from_the_measured_ratios():
+    timing = lambda ms: {"median_ms": ms, "min_ms": ms, "max_ms": ms}  # noqa: E731
+    row = lambda mode, prefill, tokens: {  # noqa: E731
+        "mode": mode, "llm_image_tokens": tokens, "sequence_length_b1": tokens + 33, "llm_prefill_b1": timing(prefill),
+        "llm_prefill_b8": timing(8 * prefill), "llm_prefill_peak_mb_b1": 10.0, "llm_prefill_peak_mb_b8": 80.0,
+        "vision_b1": timing(5.0), "decode_tokens_per_s": {"median": 20.0}, "llm_prefill_gflops_counted": 1.0,
+        "llm_prefill_gflops_formula": 1.2, "llm_prefill_gflops_formula_no_attention": 1.0,
+    }
+    results = {
+        "device": "cpu", "threads": 2, "torch": "x", "vision": "v", "llm": "l", "repeats": 5,
+        "modes": [row("none", 100.0, 576), {**row("llm", 101.0, 576), "injection": {"all_additions_ms": 2.0}},
+                  row("global_hires_string", 450.0, 2880)],
+        "paired": {"prefill_ratio_b1": {"median": 1.01}, "prefill_ratio_b8": {"median": 1.05},
+                   "decode_rate_ratio": {"median": 0.99}},
+        "scaling": [],
+    }
+    text = report(results)
+    assert "| llm prefill time <= 1.03 x none (b1, paired rounds, median ratio) | 1.010 | yes |" in text
+    assert "| llm prefill time <= 1.03 x none (b8, paired rounds, median ratio) | 1.050 | NO |" in text
+    assert "| global_hires_string prefill >= 4 x llm (b1) | 4.455 | yes |" in text
+    assert "| all stack additions <= 1% of LLM prefill (b1) | 0.020 | NO |" in text

@@ -127,10 +127,16 @@ class Bench:
         image = Image.effect_mandelbrot((640, 480), (-2.0, -1.2, 1.0, 1.2), 64).convert("RGB")
         return processor(images=[image] * batch, text=[prompt] * batch).to(self.device)
 
-    @torch.inference_mode()
     def measure_mode(self, mode: str, training_step: bool = True, decode: bool = True) -> dict:
         model, processor = self.model(mode)
         row = {"mode": mode, "llm_image_tokens": model.config.image_seq_length}
+        with torch.inference_mode():
+            self._measure_inference(model, processor, row, decode)
+        if training_step:
+            row.update(self._training_step(model, processor))
+        return row
+
+    def _measure_inference(self, model, processor, row: dict, decode: bool) -> None:
         for batch in (1, 8):
             inputs = self.inputs(processor, batch)
             pixels = inputs["pixel_values"]
@@ -154,9 +160,6 @@ class Bench:
                     row["decode_tokens_per_s"] = self._decode_rate(model, text, features)
                 if model.config.stack_mode == "llm":
                     row["injection"] = self._injection_cost(model, text, features)
-        if training_step:
-            row.update(self._training_step(model, processor))
-        return row
 
     def _profile_memory(self, input_ids) -> bool:
         """The CPU profiler slows long calls many times over: peak memory only up to 1000 tokens a row there."""
@@ -190,8 +193,7 @@ class Bench:
         labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
 
         def step():
-            with torch.enable_grad():
-                model(**inputs, labels=labels).loss.backward()
+            model(**inputs, labels=labels).loss.backward()
             model.zero_grad(set_to_none=True)
 
         result = {"train_step_b1": timed(step, max(3, self.repeats // 2), self.device)}
@@ -336,7 +338,7 @@ def report(results: dict) -> str:
         checks.append(("all stack additions <= 1% of LLM prefill (b1)", share, lambda v: v <= 0.01))
     for name, value, ok in checks:
         lines.append(f"| {name} | {value:.3f} | {'yes' if ok(value) else 'NO'} |")
-    if results["scaling"]:
+    if results.get("scaling"):
         lines += ["", "## Scaling with hires_scale (LLM prefill, batch 1)", "",
                   "| mode | hires_scale | stacks | seq len | prefill ms | GFLOPs (formula) | x llm at same scale |",
                   "|---|---|---|---|---|---|---|"]
@@ -364,7 +366,7 @@ def plot(results: dict, path: Path) -> None:
              bottom=[r["llm_prefill_b1"]["median_ms"] for r in rows], label="vision side")
     left.set_ylabel("ms, batch 1"), left.set_title("prefill cost per mode (hires_scale 2)")
     left.tick_params(axis="x", rotation=30), left.legend()
-    for mode in sorted({r["mode"] for r in results["scaling"]}):
+    for mode in sorted({r["mode"] for r in results.get("scaling", [])}):
         points = [r for r in results["scaling"] if r["mode"] == mode]
         right.plot([p["stacks"] for p in points], [p["llm_prefill"]["median_ms"] for p in points], marker="o", label=mode)
     right.set_xlabel("stacks S = hires_scale^2"), right.set_ylabel("LLM prefill ms"), right.set_yscale("log")

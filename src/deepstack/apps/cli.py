@@ -99,9 +99,14 @@ def _demo(args) -> None:
 
 
 def _bench(args) -> None:
-    from .bench import run
+    from .bench import plot, report, run
 
-    results = run(args.out, repeats=args.repeats, scales=tuple(args.scales), quick=args.quick)
+    if args.report_only:  # redo bench.md and bench.png from the bench.json of an earlier (maybe partial) run
+        results = json.loads((Path(args.out) / "bench.json").read_text())
+        (Path(args.out) / "bench.md").write_text(report(results))
+        plot(results, Path(args.out) / "bench.png")
+    else:
+        results = run(args.out, repeats=args.repeats, scales=tuple(args.scales), quick=args.quick)
     print((Path(args.out) / "bench.md").read_text())
     print(f"bench: {len(results['modes'])} modes; bench.md, bench.json and bench.png in {args.out}")
 
@@ -167,6 +172,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--scales", type=int, nargs="+", default=[1, 2, 3, 4])
     bench.add_argument("--quick", action="store_true", help="skip the training step")
+    bench.add_argument("--report-only", action="store_true", help="rewrite bench.md/png from OUT/bench.json")
     bench.set_defaults(run=_bench)
     return root
 

@@ -52,3 +52,26 @@ def test_report_checks_the_targets_from_the_measured_ratios():
     assert "| llm prefill time <= 1.03 x none (b8, paired rounds, median ratio) | 1.050 | NO |" in text
     assert "| global_hires_string prefill >= 4 x llm (b1) | 4.455 | yes |" in text
     assert "| all stack additions <= 1% of LLM prefill (b1) | 0.020 | NO |" in text
+
+
+def test_llm_forward_does_not_copy_the_stacks_of_a_batch(images):
+    """The bench's b8 peak-memory target: the stacks are handed to the injection as views, so a forward of
+    `llm` holds at most a hidden-state copy more than `none`, never a copy of all S stacks."""
+    from tests.conftest import tiny
+
+    llm, processor = tiny("llm")
+    none, _ = tiny("none")
+    none.load_state_dict(llm.state_dict())
+    prompts = ["<image>\nq"] * 6
+    inputs = processor(images=[images[i % 3] for i in range(6)], text=prompts)
+    text = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    with torch.inference_mode():
+        with_stacks = llm.get_image_features(inputs["pixel_values"])
+        global_only = none.get_image_features(inputs["pixel_values"][:, :1])
+        peak_llm = peak_bytes(lambda: llm(**text, mm_encoder_outputs={"image": with_stacks}), torch.device("cpu"))
+        peak_none = peak_bytes(lambda: none(**text, mm_encoder_outputs={"image": global_only}), torch.device("cpu"))
+    rows, width = 6 * 16, llm.config.text_config.hidden_size
+    all_stacks = 4 * rows * width * 4
+    hidden_state = text["input_ids"].numel() * width * 4
+    assert peak_llm - peak_none < all_stacks
+    assert peak_llm - peak_none <= 2 * hidden_state

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from deepstack.model.modeling import DeepStackImageOutput
+from deepstack.model.modeling import DeepStackImageOutput, feature_rows
 from tests.conftest import image_positions, tiny
 
 MODES = ["none", "llm", "vit", "hires_string", "global_hires_string", "dim_concat", "dummy"]
@@ -60,8 +60,8 @@ def test_left_padded_batched_generation_equals_single_generation(images):
 def chunk_rows(image: DeepStackImageOutput, rows: torch.Tensor) -> DeepStackImageOutput:
     stacks = image.deepstack_features
     return DeepStackImageOutput(
-        pooler_output=[torch.cat(image.pooler_output)[rows]],
-        deepstack_features=None if stacks is None else [[torch.cat(stack)[rows]] for stack in stacks],
+        pooler_output=[feature_rows(image.pooler_output)[rows]],
+        deepstack_features=None if stacks is None else [[feature_rows(stack)[rows]] for stack in stacks],
     )
 
 

@@ -31,8 +31,8 @@ from .modes import STACK_MODES
 @dataclass
 class DeepStackImageOutput(BaseModelOutputWithPooling):
     r"""pooler_output: per image, the ``(tokens_per_image, D)`` features that fill its image tokens.
-    deepstack_features: ``None``, or S entries (stack k), each per image ``(N, D)``: added before decoder
-    layer ``stack_start_layer + k*stack_interval`` at that image's token positions."""
+    deepstack_features: ``None``, or S entries (stack k), each ``(I, N, D)`` (or a list of per-image ``(N, D)``):
+    added before decoder layer ``stack_start_layer + k*stack_interval`` at each image's token positions."""
 
     deepstack_features: list | None = None
 
@@ -206,7 +206,7 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
         sequence, stacks = mode.features(self, pixel_values[:, 0], crops)
         return DeepStackImageOutput(
             pooler_output=list(sequence),
-            deepstack_features=None if stacks is None else [list(stack) for stack in stacks],
+            deepstack_features=None if stacks is None else list(stacks),  # S entries of (I, N, D)
         )
 
     # ---- the language side -------------------------------------------------------------------------
@@ -238,7 +238,7 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
             if input_ids is None:
                 raise ValueError("images need input_ids to find the image-token positions")
             positions = (input_ids == self.config.image_token_id).flatten().nonzero().squeeze(1)
-            sequence = _rows(image.pooler_output)
+            sequence = feature_rows(image.pooler_output)
             if sequence.shape[0] != positions.numel():
                 raise ValueError(
                     f"the input holds {positions.numel()} image tokens (id {self.config.image_token_id}) but the "
@@ -249,7 +249,7 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
             flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
             inputs_embeds = flat.index_copy(0, positions, sequence.to(inputs_embeds.dtype)).view_as(inputs_embeds)
             if image.deepstack_features is not None:
-                stacks = [_rows(stack) for stack in image.deepstack_features]  # no (S, M, D) copy
+                stacks = [feature_rows(stack) for stack in image.deepstack_features]  # no (S, M, D) copy
         elif input_ids is not None and _is_prefill(past_key_values):
             if (input_ids == self.config.image_token_id).any():
                 raise ValueError(
@@ -275,8 +275,11 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
             )
 
 
-def _rows(per_image) -> torch.Tensor:
-    """Per-image features (a list, or a tensor with a leading image axis) as one ``(rows, D)`` tensor."""
+def feature_rows(per_image) -> torch.Tensor:
+    """Per-image features (a list, or a tensor with a leading image axis) as one ``(rows, D)`` tensor; a
+    contiguous tensor becomes a view, not a copy."""
+    if isinstance(per_image, torch.Tensor):
+        return per_image.reshape(-1, per_image.shape[-1])
     parts = list(per_image)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 

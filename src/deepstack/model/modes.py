@@ -51,8 +51,10 @@ class LLMStacks(StackMode):
 
     def features(self, model, global_view, crops):
         sequence = model.projector(model.vision_features(global_view))
-        stacks = model.projector(model.hires_stacks(crops))  # (I, S, N, D): the MLP is per token
-        return sequence, stacks.transpose(0, 1)
+        # the MLP is per token; projecting in (S, I, N, D) order makes each stack one contiguous block, so the
+        # forward can hand the rows of a whole batch to the injection without copying them
+        stacks = model.projector(model.hires_stacks(crops).transpose(0, 1))
+        return sequence, stacks
 
 
 class ViTStacks(StackMode):

@@ -62,15 +62,12 @@ def _train(args) -> None:
 
 
 def _validate_data(args) -> None:
-    from ..model.builder import build_model, load_pretrained
     from .train.config import load_config
     from .train.data import validate
+    from .train.loop import load_base_model
 
     config = load_config(args.config, args.overrides)
-    section = config.model
-    _, processor = load_pretrained(section.init_from) if section.init_from else build_model(
-        section.vision, section.llm, vision_size=section.vision_size, llm_size=section.llm_size, **section.settings
-    )
+    _, processor = load_base_model(config.model)
     items, problems = validate(config.data.sources, processor, config.stage, config.data.max_length)
     for problem in problems:
         print(problem)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from ...model.builder import build_model, load_pretrained
-from .config import TrainConfig, config_to_dict
+from .config import ModelSection, TrainConfig, config_to_dict
 from .data import Collator, LlavaDataset, Problem, mix, validate
 from .report import plot_loss
 
@@ -90,16 +90,20 @@ def _precision(name: str) -> str:
     return {"fp32": "no"}.get(name, name)
 
 
-def _make_model(config: TrainConfig):
-    section = config.model
+def load_base_model(section: ModelSection):
+    """The run's starting model and processor: a saved DeepStack model, or one assembled from parts."""
     if section.init_from:
         if section.settings:
             raise ValueError("model.settings cannot change a model loaded with model.init_from; drop one of them")
-        model, processor = load_pretrained(section.init_from)
-    else:
-        model, processor = build_model(
-            section.vision, section.llm, vision_size=section.vision_size, llm_size=section.llm_size, **section.settings
-        )
+        return load_pretrained(section.init_from)
+    return build_model(
+        section.vision, section.llm, vision_size=section.vision_size, llm_size=section.llm_size, **section.settings
+    )
+
+
+def _make_model(config: TrainConfig):
+    section = config.model
+    model, processor = load_base_model(section)
     finetune = config.stage == "finetune"
     model.set_trainable(vision=section.train_vision, projector=True, language=finetune and section.lora is None)
     if section.lora is not None:
@@ -136,7 +140,7 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.removeprefix("step-")))
 
 
-def _save_checkpoint(accelerator, model, processor, output_dir: Path, step: int, keep_last: int) -> None:
+def _save_checkpoint(accelerator, processor, output_dir: Path, step: int, keep_last: int) -> None:
     """Written to a temporary folder and renamed into place: a kill at any moment leaves either the old
     set of checkpoints or the new one, never a half-written checkpoint that looks complete."""
     folder = output_dir / CHECKPOINTS
@@ -280,10 +284,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 accelerator.log(metrics, step=done)
         progress.update(1)
         if done % config.output.save_every == 0 and done != total_steps:
-            _save_checkpoint(accelerator, model, processor, output_dir, done, config.output.keep_last)
+            _save_checkpoint(accelerator, processor, output_dir, done, config.output.keep_last)
     progress.close()
 
-    _save_checkpoint(accelerator, model, processor, output_dir, total_steps, config.output.keep_last)
+    _save_checkpoint(accelerator, processor, output_dir, total_steps, config.output.keep_last)
     _save_final(accelerator, model, processor, output_dir)
     accelerator.end_training()
     seconds = time.time() - started

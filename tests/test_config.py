@@ -60,3 +60,31 @@ def test_vit_stack_layers_must_precede_the_feature_layer():
     assert config(stack_mode="vit").vit_stack_start_layer == 1
     with pytest.raises(ValueError, match=r"vit_stack_start_layer=2: 4 stacks go before encoder layers 2..5"):
         config(stack_mode="vit", vit_stack_start_layer=2)
+
+
+def test_num_stack_layers_counts_the_injected_stacks_only_for_injecting_modes():
+    assert config().num_injected_stacks == 4
+    c = config(num_stack_layers=2, stack_start_layer=6)  # layers 6, 7 fit with 2 stacks (4 would not)
+    assert c.num_injected_stacks == 2 and c.num_stacks == 4
+    with pytest.raises(ValueError, match=r"num_stack_layers=5: must be between 1 and the 4 stacks"):
+        config(num_stack_layers=5)
+    with pytest.raises(ValueError, match=r"num_stack_layers=0"):
+        config(num_stack_layers=0)
+    with pytest.raises(ValueError, match=r"num_stack_layers=2: only the modes that inject stacks"):
+        config(stack_mode="hires_string", num_stack_layers=2)
+    with pytest.raises(ValueError, match=r"stack_start_layer=6: .* 3 stacks"):
+        config(num_stack_layers=3, stack_start_layer=6)
+
+
+@pytest.mark.parametrize(
+    "mode,context,seen",
+    [("none", 16, 16), ("llm", 16, 80), ("vit", 16, 80), ("hires_string", 64, 64), ("global_hires_string", 80, 80),
+     ("dim_concat", 16, 80), ("dummy", 16, 16)],
+)
+def test_context_and_visual_tokens_per_mode_follow_the_table_of_modes(mode, context, seen):
+    c = config(stack_mode=mode)  # N = 16, S = 4
+    assert (c.image_seq_length, c.num_visual_tokens_seen) == (context, seen)
+
+
+def test_fewer_injected_stacks_see_fewer_visual_tokens():
+    assert config(num_stack_layers=2).num_visual_tokens_seen == 48

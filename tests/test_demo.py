@@ -1,12 +1,14 @@
 """The fine-detail task and `deepstack demo --quick` (issue 4)."""
 
+import itertools
 import json
+import random
 
 import numpy as np
 from PIL import Image
 
 from deepstack.apps.cli import main
-from deepstack.apps.finedetail import CANVAS, make_data, normalise
+from deepstack.apps.finedetail import CANVAS, PATTERNS, SHAPES, Scene, draw_scene, make_data, normalise
 
 
 def test_make_data_is_deterministic_and_in_llava_format(tmp_path):
@@ -25,15 +27,38 @@ def test_make_data_is_deterministic_and_in_llava_format(tmp_path):
     assert {r["kind"] for r in test} == {"fine", "coarse"} and len(test) == 2 * 4
 
 
-def test_patterns_vanish_at_the_global_size_and_show_at_the_hires_size(tmp_path):
-    make_data(tmp_path, seed=0, sizes={"train": 12, "val": 1, "test": 1})
+def _scenes(tmp_path, count=16):
+    make_data(tmp_path, seed=1, sizes={"train": count, "val": 1, "test": 1})
     for record in json.loads((tmp_path / "train.json").read_text()):
-        image = Image.open(tmp_path / "images" / record["image"])
-        square = np.asarray(image.convert("L"), dtype=np.float32)[-12:-2, -12:-2]
-        small = np.asarray(image.convert("L").resize((CANVAS // 2, CANVAS // 2), Image.Resampling.BICUBIC),
-                           dtype=np.float32)[-5:-2, -5:-2]
-        assert square.std() > 90  # black and white lines at full size
-        assert small.std() < 12  # a flat grey at the global view's size
+        yield Image.open(tmp_path / "images" / record["image"]).convert("L"), record
+
+
+def test_patterns_vanish_at_the_global_size_and_show_at_the_hires_size():
+    for seed in range(6):
+        views = {}
+        for pattern in PATTERNS:  # the same scene and layout, only the pattern differs
+            image, _ = draw_scene(random.Random(seed), Scene("3", pattern, "blue", SHAPES[seed % 3]))
+            views[pattern] = (np.asarray(image, dtype=np.float32),
+                              np.asarray(image.resize((CANVAS // 2, CANVAS // 2), Image.Resampling.BICUBIC),
+                                         dtype=np.float32))
+        for a, b in itertools.combinations(PATTERNS, 2):
+            full = np.abs(views[a][0] - views[b][0]).max(axis=-1)
+            small = np.abs(views[a][1] - views[b][1]).max(axis=-1)
+            assert (full > 40).sum() > 200  # hundreds of pixels differ at full size
+            # the global views are the same but for the shape's outline (whose rows/columns land on a light or a
+            # dark line by the position's parity): under 2 grey levels apart on average
+            assert small.mean() < 2 and full.mean() > 5 * small.mean()
+
+
+def test_the_digit_fills_one_hires_patch(tmp_path):
+    # 8 px patches at 64 px: the tag is one patch of the hi-res grid, the top-left one of a global patch
+    for image, _ in _scenes(tmp_path):
+        grey = np.asarray(image)
+        white = np.argwhere(grey >= 245)
+        top, left = white.min(axis=0)
+        assert top % 16 == 0 and left % 16 == 0 and (white.max(axis=0) - [top, left] <= 7).all()  # stack 0
+        tag = grey[top : top + 8, left : left + 8]
+        assert (tag < 100).sum() >= 6, "the digit is drawn on the tag"
 
 
 def test_normalise():

@@ -52,14 +52,18 @@ def llm_injections(model, inputs):
 
 
 @pytest.mark.parametrize(
-    "language,start,interval",
-    [("tiny-llama", 1, 1), ("tiny-llama", 0, 1), ("tiny-qwen2", 1, 1), ("tiny-mistral", 0, 2), ("tiny-phi3", 2, 1)],
+    "language,start,interval,count",
+    [("tiny-llama", 1, 1, None), ("tiny-llama", 0, 1, None), ("tiny-qwen2", 1, 1, None), ("tiny-mistral", 0, 2, None),
+     ("tiny-phi3", 2, 1, None), ("tiny-llama", 1, 2, 2)],
 )
-def test_llm_stacks_land_before_the_scheduled_layers_at_image_positions_only(images, language, start, interval):
-    model, processor = tiny("llm", language=language, stack_start_layer=start, stack_interval=interval)
+def test_llm_stacks_land_before_the_scheduled_layers_at_image_positions_only(images, language, start, interval, count):
+    model, processor = tiny(
+        "llm", language=language, stack_start_layer=start, stack_interval=interval, num_stack_layers=count
+    )
     inputs = processor(images=images[:2], text=["<image>\nleft", "a longer prompt <image> then text"])
     added, image, mask = llm_injections(model, inputs)
-    scheduled = [start + k * interval for k in range(4)]
+    scheduled = [start + k * interval for k in range(count or 4)]
+    assert len(image.deepstack_features) == len(scheduled)
     for index, delta in added.items():
         if index in scheduled:
             k = scheduled.index(index)

@@ -20,6 +20,7 @@ def _build(args) -> None:
         "stack_start_layer": args.start_layer,
         "stack_interval": args.interval,
         "stack_sampling": args.sampling,
+        "num_stack_layers": args.stack_layers,
     }
     import torch
 
@@ -95,6 +96,15 @@ def _demo(args) -> None:
     demo(args.out, quick=args.quick, llm=args.llm, seed=args.seed, steps=args.steps)
 
 
+def _lab(args) -> None:
+    from .demo import FULL, QUICK
+    from .lab import lab
+
+    recipe = (QUICK if args.quick else FULL).with_steps(args.steps)
+    lab(args.out, groups=args.groups, seeds=tuple(args.seeds), recipe=recipe, report_dir=args.report,
+        command="deepstack " + " ".join(args.argv), workers=args.workers)
+
+
 def _bench(args) -> None:
     from .bench import plot, report, run
 
@@ -122,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--start-layer", type=int, default=1)
     build.add_argument("--interval", type=int, default=1)
     build.add_argument("--sampling", default="2d_spatial")
+    build.add_argument("--stack-layers", type=int, default=None, help="inject only the first K stacks (default: all)")
     build.add_argument("--seed", type=int, default=0, help="seed for the randomly initialised weights")
     build.add_argument("--out", required=True, help="directory to save the model and processor in")
     build.set_defaults(run=_build)
@@ -164,6 +175,16 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="optimizer steps per model")
     demo.set_defaults(run=_demo)
 
+    lab = commands.add_parser("lab", help="the paper's ablations (Tables 5-7, Fig. 3) on the fine-detail task")
+    lab.add_argument("--out", default="runs/lab", help="models, data and runs.jsonl (an interrupted lab resumes)")
+    lab.add_argument("--groups", nargs="+", default=None, help="table7 table6 table5 fig3a fig3b fig3c (default: all)")
+    lab.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    lab.add_argument("--quick", action="store_true", help="the demo's quick recipe (small data, few steps)")
+    lab.add_argument("--steps", type=int, default=None, help="optimizer steps per model (default: the demo's)")
+    lab.add_argument("--report", default=None, help="folder for lab.md, lab.json and lab.png (default: --out)")
+    lab.add_argument("--workers", type=int, default=1, help="runs at a time, in processes sharing the cores")
+    lab.set_defaults(run=_lab)
+
     bench = commands.add_parser("bench", help="measure the cost of every stack_mode at real model shapes")
     bench.add_argument("--out", default="runs/bench")
     bench.add_argument("--repeats", type=int, default=5)
@@ -176,6 +197,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, unknown = parser().parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.overrides = [item for item in unknown if item.startswith("--") and "=" in item]
     if len(args.overrides) != len(unknown) or (args.overrides and args.command not in ("train", "validate-data")):
         parser().error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -9,22 +9,42 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from ..model.builder import build_model, load_pretrained, tiny_tokenizer
-from ..model.modes import STACK_MODES
 from .evaluate import evaluate, prefill_seconds
 from .finedetail import make_data
 from .train.config import DataSection, DataSource, ModelSection, OptimSection, OutputSection, TrainConfig
 from .train.loop import train
 
-SIZES = {"full": {"train": 3000, "val": 200, "test": 400}, "quick": {"train": 600, "val": 60, "test": 150}}
-# tiny parts: a 32 px CLIP-style encoder with 8 px patches (N = 16 tokens) and a 6-layer Llama-style LLM
-VISION_SIZE = {"image_size": 32, "patch_size": 8, "hidden_size": 64, "num_layers": 4, "num_heads": 4}
-LLM_SIZE = {"hidden_size": 96, "num_layers": 6}
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a demo or lab run shares: the data sizes, the tiny parts and the training budget."""
+
+    sizes: dict = field(default_factory=lambda: {"train": 3000, "val": 200, "test": 400})
+    # a 32 px CLIP-style encoder with 8 px patches (N = 16 tokens), 6 layers so that DeepStack-V's 4 stacks
+    # fit before the feature layer, and an 8-layer Llama-style LLM (room for Fig. 3's start layers/intervals)
+    vision_size: dict = field(
+        default_factory=lambda: {"image_size": 32, "patch_size": 8, "hidden_size": 64, "num_layers": 6, "num_heads": 4}
+    )
+    llm_size: dict = field(default_factory=lambda: {"hidden_size": 96, "num_layers": 8})
+    steps: int = 450
+    batch_size: int = 32
+    lr: float = 5e-4
+    vision_lr: float = 5e-4
+    warmup_ratio: float = 0.05
+
+    def with_steps(self, steps: int | None) -> Recipe:
+        return self if steps is None else replace(self, steps=steps)
+
+
+FULL = Recipe()
+QUICK = Recipe(sizes={"train": 600, "val": 60, "test": 150}, steps=60)
 
 
 def task_tokenizer(data: Path):
@@ -33,13 +53,14 @@ def task_tokenizer(data: Path):
     return tiny_tokenizer(turn["value"] for record in records for turn in record["conversations"])
 
 
-def initial_model(mode: str, data: Path, out: Path, seed: int, llm: str = "tiny-llama", **settings) -> Path:
+def initial_model(mode: str, data: Path, out: Path, seed: int, recipe: Recipe, llm: str = "tiny-llama",
+                  **settings) -> Path:
     """Build and save the untrained model of a run: tiny CLIP-style encoder from scratch, and a tiny LLM from
     scratch (with the task tokenizer) or a real pretrained one."""
     tiny = llm.startswith("tiny-")
     torch.manual_seed(seed)
     model, processor = build_model(
-        "tiny-clip", llm, vision_size=VISION_SIZE, llm_size=LLM_SIZE if tiny else None,
+        "tiny-clip", llm, vision_size=recipe.vision_size, llm_size=recipe.llm_size if tiny else None,
         tokenizer=task_tokenizer(data) if tiny else None, stack_mode=mode, **settings,
     )
     model.save_pretrained(out / "init")
@@ -47,19 +68,19 @@ def initial_model(mode: str, data: Path, out: Path, seed: int, llm: str = "tiny-
     return out / "init"
 
 
-def run_config(init: Path, data: Path, out: Path, steps: int, seed: int, tiny: bool = True) -> TrainConfig:
-    """The one recipe every demo and lab run shares: one stage, everything trained, same budget."""
+def run_config(init: Path, data: Path, out: Path, seed: int, recipe: Recipe, tiny: bool = True) -> TrainConfig:
+    """One stage, everything trained (the encoder too: it starts from scratch), the recipe's budget."""
     return TrainConfig(
         stage="finetune",
         model=ModelSection(init_from=str(init), train_vision=True),
         data=DataSection(sources=[DataSource(str(data / "train.json"), str(data / "images"))], num_workers=1),
         optim=OptimSection(
-            global_batch_size=32,
-            micro_batch_size=32 if tiny else 8,
-            lr=2e-3 if tiny else 2e-4,
-            vision_lr=2e-3,
-            warmup_ratio=0.05,
-            max_steps=steps,
+            global_batch_size=recipe.batch_size,
+            micro_batch_size=recipe.batch_size if tiny else 8,
+            lr=recipe.lr if tiny else recipe.lr / 10,
+            vision_lr=recipe.vision_lr,
+            warmup_ratio=recipe.warmup_ratio,
+            max_steps=recipe.steps,
             precision="fp32",
             seed=seed,
         ),
@@ -67,23 +88,24 @@ def run_config(init: Path, data: Path, out: Path, steps: int, seed: int, tiny: b
     )
 
 
-def train_and_evaluate(mode: str, data: Path, out: Path, steps: int, seed: int, split: str = "test",
+def train_and_evaluate(mode: str, data: Path, out: Path, seed: int, recipe: Recipe = FULL, split: str = "test",
                        llm: str = "tiny-llama", **settings) -> dict:
+    """Build, train and evaluate one model; the row of a results table (with every prediction)."""
     started = time.time()
-    init = initial_model(mode, data, out, seed, llm, **settings)
-    result = train(run_config(init, data, out, steps, seed, tiny=llm.startswith("tiny-")))
+    init = initial_model(mode, data, out, seed, recipe, llm, **settings)
+    result = train(run_config(init, data, out, seed, recipe, tiny=llm.startswith("tiny-")))
     model, processor = load_pretrained(out)
     scores = evaluate(model, processor, data / f"{split}.json", data / "images")
     sample = json.loads((data / f"{split}.json").read_text())[0]
     image = Image.open(data / "images" / sample["image"]).convert("RGB")
     config = model.config
-    hires = STACK_MODES[mode].needs_hires
     return {
         "mode": mode,
         "settings": settings,
         "seed": seed,
+        "split": split,
         "llm_image_tokens": config.image_seq_length,
-        "visual_tokens_seen": config.num_global_tokens * (1 + config.num_stacks if hires else 1),
+        "visual_tokens_seen": config.num_visual_tokens_seen,
         "fine_accuracy": scores["accuracy"].get("fine", 0.0),
         "coarse_accuracy": scores["accuracy"].get("coarse", 0.0),
         "per_question": per_question(scores["predictions"]),
@@ -108,21 +130,19 @@ def demo(out: str | Path = "runs/demo", quick: bool = False, llm: str = "tiny-ll
          steps: int | None = None) -> dict:
     out = Path(out)
     started = time.time()
-    sizes = SIZES["quick" if quick else "full"]
-    steps = steps or (60 if quick else 450)
-    if not llm.startswith("tiny-"):
-        steps = steps // 3  # a real LLM is far slower per step on a CPU
+    recipe = (QUICK if quick else FULL).with_steps(steps)
+    if not llm.startswith("tiny-") and steps is None:
+        recipe = recipe.with_steps(recipe.steps // 3)  # a real LLM is far slower per step on a CPU
     data = out / "data"
-    print(f"demo: writing the fine-detail data ({sizes}) to {data}")
-    make_data(data, seed=seed, sizes=sizes)
+    print(f"demo: writing the fine-detail data ({recipe.sizes}) to {data}")
+    make_data(data, seed=seed, sizes=recipe.sizes)
     runs = []
     for mode in ("none", "llm"):
-        print(f"demo: training stack_mode={mode} for {steps} steps (seed {seed})")
-        runs.append(train_and_evaluate(mode, data, out / mode, steps, seed, llm=llm))
+        print(f"demo: training stack_mode={mode} for {recipe.steps} steps (seed {seed})")
+        runs.append(train_and_evaluate(mode, data, out / mode, seed, recipe, llm=llm))
         print(f"demo: {mode}: fine {runs[-1]['fine_accuracy']:.1%}, coarse {runs[-1]['coarse_accuracy']:.1%}")
     results = {
-        "settings": {"quick": quick, "llm": llm, "seed": seed, "steps": steps, "sizes": sizes,
-                     "vision_size": VISION_SIZE, "llm_size": LLM_SIZE, "hires_scale": 2},
+        "settings": {"quick": quick, "llm": llm, "seed": seed, "hires_scale": 2, "recipe": asdict(recipe)},
         "runs": [{k: v for k, v in run.items() if k != "predictions"} for run in runs],
         "seconds": round(time.time() - started, 1),
     }

@@ -1,11 +1,11 @@
 """A fine-detail task where DeepStack's claim can be checked on a CPU (issue 4, DEEPSTACK.md).
 
-Each 64x64 image has a large shape (coarse: its colour and its kind survive downsampling), a small white
-label in the lower-left corner with one digit printed in Pillow's bundled font (fine: about 5x7 px, legible
-at 64 px, blurred to about 2.5x3.5 px in the 32 px global view) and a 10x10 px square in the lower-right
-corner filled with a 1 px pattern (fine: horizontal lines, vertical lines or a checkerboard, which all
-average to the same grey at half size). Questions come in two kinds: *fine* (the digit, the pattern) and
-*coarse* ("What colour is the large shape?", "What shape is the large object?"). Data is written
+Each 64x64 image has a large shape (coarse: its colour and its kind survive downsampling) filled with a 1 px
+pattern of its colour and a darker shade (fine: horizontal lines, vertical lines or a checkerboard, which all
+average to the same flat colour at the 32 px global view), and a white tag on the shape with one digit in
+Pillow's bundled font (fine: 5x6 px, legible at 64 px, a 2.5x3 px smudge at 32 px). The fine details sit
+where the coarse questions already make the model look, and the tag is one patch of the hi-res grid.
+Questions come in two kinds: *fine* (the digit, the pattern) and *coarse* (colour, shape). Data is written
 in LLaVA format: ``images/``, ``train.json`` (multi-turn, every question of an image), and ``val.json`` /
 ``test.json`` (one question per record, with a ``kind`` field).
 """
@@ -28,8 +28,8 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle")
 PATTERNS = ("horizontal", "vertical", "checkered")  # 1 px period: each averages to the same grey at half size
 QUESTIONS = {
-    "digit": ("fine", "What number is on the lower-left label?"),
-    "pattern": ("fine", "What pattern is in the lower-right square?"),
+    "digit": ("fine", "What number is on the tag?"),
+    "pattern": ("fine", "What pattern fills the large shape?"),
     "colour": ("coarse", "What colour is the large shape?"),
     "shape": ("coarse", "What shape is the large object?"),
 }
@@ -51,32 +51,39 @@ def _font(size: int = 9) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)  # Pillow's bundled font: no system font, no download
 
 
-def draw_scene(rng: random.Random) -> tuple[Image.Image, Scene]:
-    scene = Scene(str(rng.randrange(10)), rng.choice(PATTERNS), rng.choice(list(COLOURS)), rng.choice(SHAPES))
+def draw_scene(rng: random.Random, scene: Scene | None = None) -> tuple[Image.Image, Scene]:
+    """One scene: a large shape filled with a 1 px pattern of its colour and a darker shade, and a white tag
+    with a digit on it near the shape's centre. The tag is one 8x8 patch of the hi-res view (8 px patches at
+    64 px), the top-left one of a 16x16 global-view patch, so one hi-res token holds the whole digit and, under
+    ``2d_spatial`` sampling, it is always in stack 0."""
+    sampled = Scene(str(rng.randrange(10)), rng.choice(PATTERNS), rng.choice(list(COLOURS)), rng.choice(SHAPES))
+    scene = scene or sampled  # a given scene keeps the layout the rng would give, for controlled comparisons
     tone = rng.randrange(200, 236)
     image = Image.new("RGB", (CANVAS, CANVAS), (tone, tone + rng.randrange(-8, 9), tone + rng.randrange(-8, 9)))
-    draw = ImageDraw.Draw(image)
-    # the label sits in the lower-left corner, the patterned square in the lower-right; the shape keeps to
-    # the middle, with some jitter
-    left, top = 2, CANVAS - 14
-    size = rng.randrange(26, 34)
+    size = rng.randrange(30, 39)
     cx = CANVAS // 2 + rng.randrange(-4, 5)
     cy = CANVAS // 2 + rng.randrange(-4, 5)
     box = (cx - size // 2, cy - size // 2, cx + size // 2, cy + size // 2)
-    fill = COLOURS[scene.colour]
+    mask = Image.new("L", (CANVAS, CANVAS), 0)
+    draw = ImageDraw.Draw(mask)
     if scene.shape == "circle":
-        draw.ellipse(box, fill=fill)
+        draw.ellipse(box, fill=255)
     elif scene.shape == "square":
-        draw.rectangle(box, fill=fill)
+        draw.rectangle(box, fill=255)
     else:
-        draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=fill)
-    draw.rectangle((left, top, left + 10, top + 11), fill=(250, 250, 250), outline=(90, 90, 90))
-    draw.text((left + 3, top + 1), scene.digit, font=_font(), fill=(0, 0, 0))
-    pixels = image.load()
-    for y in range(CANVAS - 12, CANVAS - 2):
-        for x in range(CANVAS - 12, CANVAS - 2):
-            dark = {"horizontal": y % 2, "vertical": x % 2, "checkered": (x + y) % 2}[scene.pattern]
-            pixels[x, y] = (20, 20, 20) if dark else (235, 235, 235)
+        draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=255)
+    light = COLOURS[scene.colour]
+    dark = tuple(channel // 2 for channel in light)
+    pixels, inside = image.load(), mask.load()
+    for y in range(CANVAS):
+        for x in range(CANVAS):
+            if inside[x, y]:
+                stripe = {"horizontal": y % 2, "vertical": x % 2, "checkered": (x + y) % 2}[scene.pattern]
+                pixels[x, y] = dark if stripe else light
+    left, top = (cx // 16) * 16, (cy // 16) * 16  # the first hi-res patch of a global-view patch: stack 0
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((left, top, left + 7, top + 7), fill=(250, 250, 250))
+    draw.text((left + 1, top - 2), scene.digit, font=_font(), fill=(0, 0, 0))  # the glyph: rows top+1..top+6
     return image, scene
 
 

@@ -27,6 +27,8 @@ class DeepStackConfig(PreTrainedConfig):
         stack_interval: ``n`` of Algorithm 1.
         hires_scale: ``s``; the hi-res view is ``s`` times the encoder's input size, giving ``S = s*s`` stacks.
         stack_sampling: ``2d_spatial`` (dilated, default) | ``2d_grid`` | ``1d_sequential`` (Table 5).
+        num_stack_layers: how many of the S stacks are injected (stacks 0..k-1, into k layers), for the
+            injecting modes (``llm``, ``dummy``, ``vit``); ``None`` injects all S. Fig. 3c's ablation.
         vit_stack_start_layer: ``m`` for DeepStack-V; stack k goes in before encoder layer ``m + k``.
             ``None`` means two thirds of the encoder depth (16 of ViT-L's 24, the paper's best range), or
             the latest layer that leaves room for all S stacks before the feature layer if that is earlier.
@@ -49,6 +51,7 @@ class DeepStackConfig(PreTrainedConfig):
     stack_interval: int = 1
     hires_scale: int = 2
     stack_sampling: str = "2d_spatial"
+    num_stack_layers: int | None = None
     vit_stack_start_layer: int | None = None
     tie_word_embeddings: bool = False
 
@@ -58,7 +61,7 @@ class DeepStackConfig(PreTrainedConfig):
             self.tie_word_embeddings = True
         if self.vit_stack_start_layer is None:
             layers = self.vision_config.num_hidden_layers
-            latest = self.vision_feature_layer % (layers + 1) - self.num_stacks
+            latest = self.vision_feature_layer % (layers + 1) - self.num_injected_stacks
             self.vit_stack_start_layer = max(0, min((2 * layers) // 3, latest))
         self.validate_deepstack()
 
@@ -67,6 +70,11 @@ class DeepStackConfig(PreTrainedConfig):
     def num_stacks(self) -> int:
         """S = hires_scale**2: the hi-res view gives S groups of N tokens."""
         return self.hires_scale * self.hires_scale
+
+    @property
+    def num_injected_stacks(self) -> int:
+        """How many stacks go into layers: ``num_stack_layers``, or all S when it is unset."""
+        return self.num_stacks if self.num_stack_layers is None else self.num_stack_layers
 
     @property
     def image_grid(self) -> tuple[int, int]:
@@ -85,6 +93,13 @@ class DeepStackConfig(PreTrainedConfig):
         """How many image tokens stand for one image in the LLM's input sequence under this mode."""
         return STACK_MODES[self.stack_mode].tokens_per_image(self.num_global_tokens, self.num_stacks)
 
+    @property
+    def num_visual_tokens_seen(self) -> int:
+        """Distinct visual tokens per image that reach the LLM under this mode (sequence, stacks or channels)."""
+        return STACK_MODES[self.stack_mode].visual_tokens_seen(
+            self.num_global_tokens, self.num_stacks, self.num_injected_stacks
+        )
+
     # ---- validation ----------------------------------------------------------------------------------
     def validate_deepstack(self) -> None:
         def fail(field: str, why: str) -> None:
@@ -96,6 +111,11 @@ class DeepStackConfig(PreTrainedConfig):
             fail("stack_sampling", f"unknown sampling; choose one of {', '.join(SAMPLING_METHODS)}")
         if not isinstance(self.hires_scale, int) or self.hires_scale < 1:
             fail("hires_scale", "must be an integer >= 1 (2 gives the paper's 4 stacks)")
+        if self.num_stack_layers is not None:
+            if self.stack_mode not in ("llm", "dummy", "vit"):
+                fail("num_stack_layers", "only the modes that inject stacks (llm, dummy, vit) use it; leave it unset")
+            if not 1 <= self.num_stack_layers <= self.num_stacks:
+                fail("num_stack_layers", f"must be between 1 and the {self.num_stacks} stacks of hires_scale={self.hires_scale}")
         if self.stack_interval < 1:
             fail("stack_interval", "must be >= 1")
         if self.stack_start_layer < 0:
@@ -110,11 +130,11 @@ class DeepStackConfig(PreTrainedConfig):
             )
         depth = self.text_config.num_hidden_layers
         if STACK_MODES[self.stack_mode].injects_into_llm:
-            last = self.stack_start_layer + (self.num_stacks - 1) * self.stack_interval
+            last = self.stack_start_layer + (self.num_injected_stacks - 1) * self.stack_interval
             if last >= depth:
                 fail(
                     "stack_start_layer",
-                    f"with stack_interval={self.stack_interval} and {self.num_stacks} stacks (hires_scale="
+                    f"with stack_interval={self.stack_interval} and {self.num_injected_stacks} stacks (hires_scale="
                     f"{self.hires_scale}) the last stack would go before decoder layer {last}, but the LLM has "
                     f"only {depth} layers (0..{depth - 1}); lower the start, the interval or hires_scale",
                 )
@@ -123,14 +143,14 @@ class DeepStackConfig(PreTrainedConfig):
             # whose entry 0 is the embeddings)
             layers = vision.num_hidden_layers
             feature_index = self.vision_feature_layer % (layers + 1)
-            last = self.vit_stack_start_layer + self.num_stacks - 1
+            last = self.vit_stack_start_layer + self.num_injected_stacks - 1
             if self.vit_stack_start_layer < 0 or last >= feature_index:
                 fail(
                     "vit_stack_start_layer",
-                    f"{self.num_stacks} stacks go before encoder layers {self.vit_stack_start_layer}..{last}, "
+                    f"{self.num_injected_stacks} stacks go before encoder layers {self.vit_stack_start_layer}..{last}, "
                     f"but the image feature is taken after layer {feature_index - 1} (vision_feature_layer="
                     f"{self.vision_feature_layer} of {layers} layers); choose a start <= "
-                    f"{feature_index - self.num_stacks}",
+                    f"{feature_index - self.num_injected_stacks}",
                 )
 
 

@@ -179,6 +179,7 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
         prefix = length - config.num_global_tokens  # CLS and other non-grid tokens come first
         crop_tokens = crop_states[:, prefix:].unflatten(0, (num_images, num_crops))
         stacks = sample_stacks(mosaic_crops(crop_tokens, scale, h, w), scale, config.stack_sampling)
+        stacks = stacks[:, : config.num_injected_stacks]
         positions = (
             torch.arange(num_images, device=crops.device)[:, None] * length
             + prefix

@@ -29,6 +29,10 @@ class StackMode:
     def projector_input_size(self, vision_width: int, num_stacks: int) -> int:
         return vision_width
 
+    def visual_tokens_seen(self, num_global_tokens: int, num_stacks: int, injected_stacks: int) -> int:
+        """How many distinct visual tokens reach the LLM in any way (sequence, stacks or channels)."""
+        return self.tokens_per_image(num_global_tokens, num_stacks)
+
     def features(
         self, model: DeepStackForConditionalGeneration, global_view: torch.Tensor, crops: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -49,11 +53,14 @@ class LLMStacks(StackMode):
 
     name, injects_into_llm = "llm", True
 
+    def visual_tokens_seen(self, num_global_tokens, num_stacks, injected_stacks):
+        return (1 + injected_stacks) * num_global_tokens
+
     def features(self, model, global_view, crops):
         sequence = model.projector(model.vision_features(global_view))
         # the MLP is per token; projecting in (S, I, N, D) order makes each stack one contiguous block, so the
         # forward can hand the rows of a whole batch to the injection without copying them
-        stacks = model.projector(model.hires_stacks(crops).transpose(0, 1))
+        stacks = model.projector(model.hires_stacks(crops)[:, : model.config.num_injected_stacks].transpose(0, 1))
         return sequence, stacks
 
 
@@ -61,6 +68,9 @@ class ViTStacks(StackMode):
     """DeepStack-V: stacks added inside the vision encoder; the LLM sees N tokens (Sec. 3.3)."""
 
     name = "vit"
+
+    def visual_tokens_seen(self, num_global_tokens, num_stacks, injected_stacks):
+        return (1 + injected_stacks) * num_global_tokens
 
     def features(self, model, global_view, crops):
         return model.projector(model.vision_features_with_stacks(global_view, crops)), None
@@ -99,6 +109,9 @@ class DimConcat(StackMode):
     def projector_input_size(self, vision_width, num_stacks):
         return (1 + num_stacks) * vision_width
 
+    def visual_tokens_seen(self, num_global_tokens, num_stacks, injected_stacks):
+        return (1 + num_stacks) * num_global_tokens
+
     def features(self, model, global_view, crops):
         stacks = model.hires_stacks(crops)  # (I, S, N, C)
         channels = torch.cat([model.vision_features(global_view).unsqueeze(1), stacks], dim=1)
@@ -112,7 +125,7 @@ class DummyStacks(StackMode):
 
     def features(self, model, global_view, crops):
         sequence = model.projector(model.vision_features(global_view))
-        stacks = sequence.unsqueeze(0).expand(model.config.num_stacks, *sequence.shape)
+        stacks = sequence.unsqueeze(0).expand(model.config.num_injected_stacks, *sequence.shape)
         return sequence, stacks
 
 

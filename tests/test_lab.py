@@ -1,0 +1,68 @@
+"""`deepstack lab` (issue 4): every arm x seed once, resumable, a report with mean ± std and the claims."""
+
+import json
+
+import pytest
+
+from deepstack.apps.cli import main
+from deepstack.apps.demo import Recipe
+from deepstack.apps.lab import GROUPS, claims, lab, summarise
+
+TINY = Recipe(sizes={"train": 24, "val": 4, "test": 6}, steps=2, batch_size=8)
+
+
+def test_lab_trains_each_model_once_per_seed_resumes_and_reports(tmp_path):
+    results = lab(tmp_path, groups=["table6", "table5"], seeds=(0, 1), recipe=TINY, command="test", workers=2)
+    lines = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    # table6 (none, dummy, llm) and table5 (2d_spatial = llm, 2d_grid, 1d_sequential): 5 models x 2 seeds
+    assert sorted((line["key"], line["seed"]) for line in lines) == sorted(
+        (key, seed) for key in ("none", "dummy", "llm", "llm-stack_sampling=2d_grid", "llm-stack_sampling=1d_sequential")
+        for seed in (0, 1)
+    )
+    table6 = results["groups"]["table6"]["rows"]
+    assert [row["visual_tokens_seen"] for row in table6] == [16, 16, 80]
+    llm_fine = [line["fine_accuracy"] for line in lines if line["key"] == "llm"]
+    assert table6[2]["summary"]["fine"]["values"] == llm_fine
+    assert results["groups"]["table5"]["rows"][0]["summary"] == table6[2]["summary"]  # the same runs
+    markdown = (tmp_path / "lab.md").read_text()
+    for group in ("table6", "table5"):
+        assert GROUPS[group][0] in markdown
+    assert "Command: `test`" in markdown and "dummy no better than none" in markdown
+    assert (tmp_path / "lab.png").stat().st_size > 10_000
+    assert "loss" in (tmp_path / "models" / "dummy-seed1" / "run.log").read_text()  # a worker's output
+
+    before = (tmp_path / "runs.jsonl").read_text()
+    again = lab(tmp_path, groups=["table6"], seeds=(0, 1), recipe=TINY, command="test")
+    assert (tmp_path / "runs.jsonl").read_text() == before  # nothing retrained
+    assert again["groups"]["table6"] == results["groups"]["table6"]
+
+
+def test_summarise_gives_mean_and_sample_std():
+    runs = [{"fine_accuracy": f, "coarse_accuracy": 1.0, "per_question": {"digit": f}} for f in (0.2, 0.4, 0.9)]
+    summary = summarise(runs)
+    assert summary["fine"]["mean"] == pytest.approx(0.5)
+    assert summary["fine"]["std"] == pytest.approx(((0.3**2 + 0.1**2 + 0.4**2) / 2) ** 0.5)
+    assert summary["coarse"] == {"mean": 1.0, "std": 0.0, "values": [1.0, 1.0, 1.0]}
+
+
+def _row(key, fine, coarse, std=0.01):
+    stat = lambda mean: {"mean": mean, "std": std, "values": [mean]}  # noqa: E731
+    return {"key": key, "summary": {"fine": stat(fine), "coarse": stat(coarse)}}
+
+
+def test_claims_follow_the_measured_gaps_and_spreads():
+    groups = {"table7": {"rows": [_row("none", 0.3, 0.9), _row("llm", 0.8, 0.91), _row("global_hires_string", 0.82, 0.9)]},
+              "table6": {"rows": [_row("none", 0.3, 0.9), _row("dummy", 0.31, 0.9), _row("llm", 0.8, 0.91)]}}
+    verdicts = {claim["claim"]: claim["holds"] for claim in claims(groups)}
+    assert all(verdicts.values()) and len(verdicts) == 5
+    groups["table7"]["rows"][1] = _row("llm", 0.31, 0.7)  # no gain on fine, a loss on coarse
+    verdicts = {claim["claim"]: claim["holds"] for claim in claims(groups)}
+    assert not verdicts["llm well above none on fine questions"]
+    assert not verdicts["llm level with none on coarse questions"]
+    noisy = {"table7": {"rows": [_row("none", 0.3, 0.9, std=0.2), _row("llm", 0.5, 0.9, std=0.2)]}}
+    assert not claims(noisy)[0]["holds"]  # a 20-point gap inside a 28-point spread is not shown
+
+
+def test_unknown_group_is_named(tmp_path, capsys):
+    assert main(["lab", "--out", str(tmp_path), "--groups", "table9"]) == 2
+    assert "unknown lab group(s) table9; choose from table7" in capsys.readouterr().err

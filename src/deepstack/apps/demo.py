@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..model.builder import build_model, load_pretrained, tiny_tokenizer
 from .evaluate import evaluate, prefill_seconds
-from .finedetail import make_data
+from .finedetail import QUESTIONS, make_data
 from .train.config import DataSection, DataSource, ModelSection, OptimSection, OutputSection, TrainConfig
 from .train.loop import train
 
@@ -33,7 +33,7 @@ class Recipe:
         default_factory=lambda: {"image_size": 32, "patch_size": 8, "hidden_size": 64, "num_layers": 6, "num_heads": 4}
     )
     llm_size: dict = field(default_factory=lambda: {"hidden_size": 96, "num_layers": 8})
-    steps: int = 450
+    steps: int = 800
     batch_size: int = 32
     lr: float = 5e-4
     vision_lr: float = 5e-4
@@ -157,14 +157,17 @@ def print_table(runs: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="DeepStack demo: fine-detail task, test split")
-    for column in ("mode", "LLM context (image tokens)", "visual tokens seen", "fine acc", "coarse acc",
-                   "prefill ms"):
+    table = Table(title="DeepStack demo: fine-detail task, test split (exact match)")
+    questions = list(QUESTIONS)
+    for column in ("mode", "context", "visual tokens", "fine", "coarse", *questions, "prefill ms"):
         table.add_column(column, justify="right")
     for run in runs:
         table.add_row(run["mode"], str(run["llm_image_tokens"]), str(run["visual_tokens_seen"]),
-                      f"{run['fine_accuracy']:.1%}", f"{run['coarse_accuracy']:.1%}", f"{run['prefill_ms']:.1f}")
+                      f"{run['fine_accuracy']:.1%}", f"{run['coarse_accuracy']:.1%}",
+                      *(f"{run['per_question'].get(q, 0.0):.1%}" for q in questions), f"{run['prefill_ms']:.1f}")
     Console().print(table)
+    print("context: image tokens in the LLM's sequence; visual tokens: those it sees in any way; fine = digit and "
+          "pattern questions, coarse = colour and shape; prefill: one image and question, batch 1")
 
 
 def figure(runs: list[dict], data: Path, path: Path, examples: int = 4) -> None:
@@ -173,26 +176,35 @@ def figure(runs: list[dict], data: Path, path: Path, examples: int = 4) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fine = [p for p in runs[0]["predictions"] if p["kind"] == "fine"][:examples]
+    # a few test images, each twice: as the global view the LLM's sequence gets (32 px) and as the hi-res view the
+    # stacks come from (64 px), with one fine question on each and every model's answer
+    fine = [p for p in runs[0]["predictions"] if p["kind"] == "fine"]
+    images = list(dict.fromkeys(p["id"].rsplit("-", 1)[0] + ".png" for p in fine))[: examples // 2]
+    fine = [(p["id"].rsplit("-", 1)[0] + ".png", p) for p in fine if p["id"].rsplit("-", 1)[0] + ".png" in images]
     by_mode = [{p["id"]: p for p in run["predictions"]} for run in runs]
-    fig = plt.figure(figsize=(2.6 * examples, 6.2), dpi=110)
+    fig = plt.figure(figsize=(2.6 * examples, 6.4), dpi=110)
     grid = fig.add_gridspec(2, examples, height_ratios=[1.25, 1])
-    for column, prediction in enumerate(fine):
+    for column, (image_name, prediction) in enumerate(fine):
         axis = fig.add_subplot(grid[0, column])
-        image_name = prediction["id"].rsplit("-", 1)[0] + ".png"
-        axis.imshow(Image.open(data / "images" / image_name), interpolation="nearest")
+        image = Image.open(data / "images" / image_name).convert("RGB")
+        global_view = image.resize((image.width // 2, image.height // 2), Image.Resampling.BICUBIC)
+        shown = image if column % 2 else global_view.resize(image.size, Image.Resampling.NEAREST)
+        axis.imshow(shown, interpolation="nearest")
         axis.set_xticks([]), axis.set_yticks([])
+        axis.set_xlabel("hi-res view (64 px)" if column % 2 else "global view (32 px)", fontsize=7.5)
         lines = [prediction["question"], f"right answer: {prediction['answer']}"]
         lines += [f"{run['mode']}: {lookup[prediction['id']]['prediction']!r}" for run, lookup in zip(runs, by_mode)]
         axis.set_title("\n".join(lines), fontsize=7.5)
     axis = fig.add_subplot(grid[1, :])
-    kinds, width = ("fine_accuracy", "coarse_accuracy"), 0.8 / len(runs)
+    names = ["fine", "coarse", *QUESTIONS]
+    width = 0.8 / len(runs)
     for index, run in enumerate(runs):
-        values = [run[kind] for kind in kinds]
-        bars = axis.bar([k + index * width for k in range(len(kinds))], values, width, label=run["mode"])
-        axis.bar_label(bars, labels=[f"{v:.0%}" for v in values], fontsize=8)
-    axis.set_xticks([k + width * (len(runs) - 1) / 2 for k in range(len(kinds))], ["fine questions", "coarse questions"])
-    axis.set_ylim(0, 1.1), axis.set_ylabel("exact-match accuracy"), axis.legend()
+        values = [run["fine_accuracy"], run["coarse_accuracy"], *(run["per_question"].get(q, 0.0) for q in QUESTIONS)]
+        bars = axis.bar([k + index * width for k in range(len(names))], values, width, label=run["mode"])
+        axis.bar_label(bars, labels=[f"{v:.0%}" for v in values], fontsize=7)
+    labels = ["fine questions", "coarse questions", *(f"{q} ({QUESTIONS[q][0]})" for q in QUESTIONS)]
+    axis.set_xticks([k + width * (len(runs) - 1) / 2 for k in range(len(names))], labels, fontsize=8)
+    axis.set_ylim(0, 1.12), axis.set_ylabel("exact-match accuracy (test)"), axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

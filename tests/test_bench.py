@@ -4,7 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM
 
-from deepstack.apps.bench import llm_prefill_flops_formula, peak_bytes, report
+from deepstack.apps.bench import Bench, llm_prefill_flops_formula, peak_bytes, report
 from deepstack.model.builder import tiny_text_config
 
 
@@ -75,3 +75,17 @@ def test_llm_forward_does_not_copy_the_stacks_of_a_batch(images):
     hidden_state = text["input_ids"].numel() * width * 4
     assert peak_llm - peak_none < all_stacks
     assert peak_llm - peak_none <= 2 * hidden_state
+
+
+def test_injection_cost_times_the_stack_additions_of_a_batch_of_images(images):
+    """The bench's injection measure takes the image features as the model hands them to the decoder."""
+    from tests.conftest import tiny
+
+    model, processor = tiny("llm")
+    inputs = processor(images=images[:2], text=["<image>\nq", "<image>\nq"])
+    bench = object.__new__(Bench)  # the measure needs no real-size parts
+    bench.repeats, bench.device = 1, torch.device("cpu")
+    with torch.inference_mode():
+        features = model.get_image_features(inputs["pixel_values"])
+        cost = bench._injection_cost(model, {"input_ids": inputs["input_ids"]}, features)
+    assert cost["stacks"] == 4 and cost["all_additions_ms"] > 0

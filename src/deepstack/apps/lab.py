@@ -106,7 +106,8 @@ def lab(out: str | Path = "runs/lab", groups: list[str] | None = None, seeds: tu
     log = out / "runs.jsonl"
     done = _load_runs(log, recipe)
     arms = {arm.key: arm for group in groups for arm in GROUPS[group][1]}
-    todo = [(arm, seed) for arm in arms.values() for seed in seeds if (arm.key, seed) not in done]
+    # seed by seed, so that a lab cut short has every arm at the first seeds
+    todo = [(arm, seed) for seed in seeds for arm in arms.values() if (arm.key, seed) not in done]
     print(f"lab: {len(arms)} models x {len(seeds)} seeds; {len(todo)} run(s) to do, "
           f"{len(arms) * len(seeds) - len(todo)} done; {workers} at a time")
     jobs = [(arm.key, arm.mode, dict(arm.settings), seed, str(data), str(out / "models" / f"{arm.key}-seed{seed}"),
@@ -192,7 +193,8 @@ def collect(done: dict[tuple[str, int], dict], groups: list[str], seeds: tuple[i
                 "summary": summarise(runs),
             })
         results["groups"][group] = {"title": title, "rows": rows}
-    results["compute_seconds"] = round(sum(run["total_seconds"] for key, run in done.items() if key[1] in seeds), 1)
+    used = {(arm.key, seed) for group in groups for arm in GROUPS[group][1] for seed in seeds}
+    results["compute_seconds"] = round(sum(done[key]["total_seconds"] for key in used), 1)
     results["claims"] = claims(results["groups"])
     return results
 

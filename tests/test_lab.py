@@ -6,7 +6,7 @@ import pytest
 
 from deepstack.apps.cli import main
 from deepstack.apps.demo import Recipe
-from deepstack.apps.lab import GROUPS, claims, lab, summarise
+from deepstack.apps.lab import GROUPS, claims, collect, lab, plot, report, summarise
 
 TINY = Recipe(sizes={"train": 24, "val": 4, "test": 6}, steps=2, batch_size=8)
 
@@ -35,6 +35,13 @@ def test_lab_trains_each_model_once_per_seed_resumes_and_reports(tmp_path):
     again = lab(tmp_path, groups=["table6"], seeds=(0, 1), recipe=TINY, command="test")
     assert (tmp_path / "runs.jsonl").read_text() == before  # nothing retrained
     assert again["groups"]["table6"] == results["groups"]["table6"]
+
+    # a lab asked for a third seed that has not run yet reports what it has, and says so
+    partial = lab(tmp_path, groups=["table6"], seeds=(0, 1, 2), recipe=TINY, command="test", train=False)
+    assert (tmp_path / "runs.jsonl").read_text() == before
+    assert not partial["complete"] and partial["groups"]["table6"]["rows"][1]["seeds_done"] == [0, 1]
+    markdown = (tmp_path / "lab.md").read_text()
+    assert "**Not finished**" in markdown and "| dummy (seeds 0, 1) |" in markdown
 
 
 def test_summarise_gives_mean_and_sample_std():
@@ -66,3 +73,39 @@ def test_claims_follow_the_measured_gaps_and_spreads():
 def test_unknown_group_is_named(tmp_path, capsys):
     assert main(["lab", "--out", str(tmp_path), "--groups", "table9"]) == 2
     assert "unknown lab group(s) table9; choose from table7" in capsys.readouterr().err
+
+
+def _fake_run(key, seed, fine):
+    return {"key": key, "seed": seed, "fine_accuracy": fine, "coarse_accuracy": 1.0,
+            "per_question": {"digit": 0.1, "pattern": 2 * fine - 0.1, "colour": 1.0, "shape": 1.0},
+            "llm_image_tokens": 16, "visual_tokens_seen": 80 if key == "llm" else 16, "train_seconds": 1.0,
+            "prefill_ms": 1.0, "total_seconds": 2.0}
+
+
+def test_a_report_of_an_unfinished_lab_lists_what_has_not_run(tmp_path):
+    done = {("none", 0): _fake_run("none", 0, 0.2), ("llm", 0): _fake_run("llm", 0, 0.55)}
+    results = collect(done, ["table6"], (0, 1), TINY)
+    results["command"] = "deepstack lab"
+    rows = results["groups"]["table6"]["rows"]
+    assert [row["seeds_done"] for row in rows] == [[0], [], [0]] and rows[1]["summary"] is None
+    assert not results["complete"] and results["compute_seconds"] == 4.0
+    markdown = report(results)
+    assert "| dummy (seeds none yet) |" in markdown and "| none (seeds 0) |" in markdown
+    assert "dummy no better than none" not in markdown  # no claim without its runs
+    plot(results, tmp_path / "lab.png")
+    assert (tmp_path / "lab.png").stat().st_size > 5_000
+
+
+def test_every_arm_of_the_full_lab_is_a_valid_model_and_each_model_is_trained_once():
+    from deepstack import DeepStackConfig
+    from deepstack.apps.demo import FULL
+    from deepstack.model.builder import tiny_text_config, tiny_vision_config
+
+    arms = {arm.key: arm for _, group in GROUPS.values() for arm in group}
+    assert len(arms) == 16  # 6 (Table 7) + dummy + 2 samplings + 3 starts + 1 interval + 3 stack counts
+    for arm in arms.values():  # a setting that cannot work fails here, not an hour into the lab
+        DeepStackConfig(
+            vision_config=tiny_vision_config(**FULL.vision_size).to_dict(),
+            text_config=tiny_text_config(**FULL.llm_size).to_dict(),
+            stack_mode=arm.mode, **dict(arm.settings),
+        )

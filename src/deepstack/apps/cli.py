@@ -102,7 +102,8 @@ def _lab(args) -> None:
 
     recipe = (QUICK if args.quick else FULL).with_steps(args.steps)
     lab(args.out, groups=args.groups, seeds=tuple(args.seeds), recipe=recipe, report_dir=args.report,
-        command="deepstack " + " ".join(args.argv), workers=args.workers)
+        command="deepstack " + " ".join(a for a in args.argv if a != "--report-only"), workers=args.workers,
+        train=not args.report_only)
 
 
 def _bench(args) -> None:
@@ -183,6 +184,7 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--steps", type=int, default=None, help="optimizer steps per model (default: the demo's)")
     lab.add_argument("--report", default=None, help="folder for lab.md, lab.json and lab.png (default: --out)")
     lab.add_argument("--workers", type=int, default=1, help="runs at a time, in processes sharing the cores")
+    lab.add_argument("--report-only", action="store_true", help="no training: the report of the runs done so far")
     lab.set_defaults(run=_lab)
 
     bench = commands.add_parser("bench", help="measure the cost of every stack_mode at real model shapes")

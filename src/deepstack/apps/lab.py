@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..model.configuration import DeepStackConfig
 from .demo import FULL, Recipe, train_and_evaluate
 from .finedetail import QUESTIONS, make_data
 
@@ -40,9 +41,9 @@ class Arm:
     @property
     def key(self) -> str:
         """The model's identity: arms with the same mode and settings share their runs."""
-        defaults = {"stack_start_layer": 1, "stack_interval": 1, "stack_sampling": "2d_spatial", "num_stack_layers": None}
-        settings = {**defaults, **dict(self.settings)}
-        return self.mode + "".join(f"-{key}={settings[key]}" for key in sorted(settings) if settings[key] != defaults[key])
+        settings = dict(self.settings)
+        changed = sorted(key for key in settings if settings[key] != getattr(DeepStackConfig, key))
+        return self.mode + "".join(f"-{key}={settings[key]}" for key in changed)
 
 
 def _arm(label: str, mode: str = "llm", **settings) -> Arm:
@@ -66,7 +67,7 @@ GROUPS: dict[str, tuple[str, list[Arm]]] = {
     "fig3b": ("Fig. 3b analogue: interval between stacked layers",
               [_arm(f"interval {interval}", stack_interval=interval) for interval in (1, 2)]),
     "fig3c": ("Fig. 3c analogue: number of stacked layers (stacks injected)",
-              [_arm(f"{count} layer(s)", num_stack_layers=count) for count in (1, 2, 3, 4)]),
+              [_arm(f"{count} layer(s)", num_stack_layers=count) for count in (1, 2, 3)] + [_arm("4 layers (all)")]),
 }
 
 
@@ -90,24 +91,25 @@ def summarise(runs: list[dict]) -> dict:
 
 def lab(out: str | Path = "runs/lab", groups: list[str] | None = None, seeds: tuple[int, ...] = (0, 1, 2),
         recipe: Recipe = FULL, report_dir: str | Path | None = None, command: str | None = None,
-        workers: int = 1) -> dict:
+        workers: int = 1, train: bool = True) -> dict:
     """Train and evaluate every arm of ``groups`` for every seed (skipping runs already in ``runs.jsonl``),
-    then write the report. The data is made once (seed 0); the seeds vary the models' initialisation and
-    data order."""
+    then write the report (``train=False``: only the report, from the runs done so far). The data is made
+    once (seed 0); the seeds vary the models' initialisation and data order."""
     out = Path(out)
     groups = groups or list(GROUPS)
     unknown = [group for group in groups if group not in GROUPS]
     if unknown:
         raise ValueError(f"unknown lab group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
     data = out / "data"
-    if not (data / "dataset.json").exists() or json.loads((data / "dataset.json").read_text())["sizes"] != recipe.sizes:
+    if train and (not (data / "dataset.json").exists()
+                  or json.loads((data / "dataset.json").read_text())["sizes"] != recipe.sizes):
         print(f"lab: writing the fine-detail data ({recipe.sizes}) to {data}")
         make_data(data, seed=0, sizes=recipe.sizes)
     log = out / "runs.jsonl"
     done = _load_runs(log, recipe)
     arms = {arm.key: arm for group in groups for arm in GROUPS[group][1]}
     # seed by seed, so that a lab cut short has every arm at the first seeds
-    todo = [(arm, seed) for seed in seeds for arm in arms.values() if (arm.key, seed) not in done]
+    todo = [(arm, seed) for seed in seeds for arm in arms.values() if (arm.key, seed) not in done] if train else []
     print(f"lab: {len(arms)} models x {len(seeds)} seeds; {len(todo)} run(s) to do, "
           f"{len(arms) * len(seeds) - len(todo)} done; {workers} at a time")
     jobs = [(arm.key, arm.mode, dict(arm.settings), seed, str(data), str(out / "models" / f"{arm.key}-seed{seed}"),
@@ -180,21 +182,21 @@ def collect(done: dict[tuple[str, int], dict], groups: list[str], seeds: tuple[i
         title, arms = GROUPS[group]
         rows = []
         for arm in arms:
-            runs = [done[arm.key, seed] for seed in seeds]
-            rows.append({
-                "label": arm.label,
-                "key": arm.key,
-                "mode": arm.mode,
-                "settings": dict(arm.settings),
-                "llm_image_tokens": runs[0]["llm_image_tokens"],
-                "visual_tokens_seen": runs[0]["visual_tokens_seen"],
-                "train_seconds": statistics.fmean(run["train_seconds"] for run in runs),
-                "prefill_ms": statistics.fmean(run["prefill_ms"] for run in runs),
-                "summary": summarise(runs),
-            })
+            runs = [done[arm.key, seed] for seed in seeds if (arm.key, seed) in done]
+            row = {"label": arm.label, "key": arm.key, "mode": arm.mode, "settings": dict(arm.settings),
+                   "seeds_done": [run["seed"] for run in runs], "summary": summarise(runs) if runs else None}
+            if runs:
+                row.update(
+                    llm_image_tokens=runs[0]["llm_image_tokens"],
+                    visual_tokens_seen=runs[0]["visual_tokens_seen"],
+                    train_seconds=statistics.fmean(run["train_seconds"] for run in runs),
+                    prefill_ms=statistics.fmean(run["prefill_ms"] for run in runs),
+                )
+            rows.append(row)
         results["groups"][group] = {"title": title, "rows": rows}
-    used = {(arm.key, seed) for group in groups for arm in GROUPS[group][1] for seed in seeds}
+    used = {(arm.key, seed) for group in groups for arm in GROUPS[group][1] for seed in seeds} & done.keys()
     results["compute_seconds"] = round(sum(done[key]["total_seconds"] for key in used), 1)
+    results["complete"] = len(used) == len({arm.key for g in groups for arm in GROUPS[g][1]}) * len(seeds)
     results["claims"] = claims(results["groups"])
     return results
 
@@ -220,7 +222,7 @@ def claims(groups: dict) -> list[dict]:
 
     def check(text: str, group: str, a: str, b: str, metric: str, expect: str):
         row_a, row_b = _row(groups, group, a), _row(groups, group, b)
-        if row_a is None or row_b is None:
+        if row_a is None or row_b is None or row_a["summary"] is None or row_b["summary"] is None:
             return
         gap, spread = _gap(row_a, row_b, metric)
         tolerance = max(spread, 0.02)
@@ -257,6 +259,9 @@ def report(results: dict) -> str:
         f"tiny Llama-style LLM {recipe['llm_size']}, both from scratch. Accuracy: exact match on the test split, "
         "mean ± sample std over the seeds.",
         "",
+        *([] if results.get("complete", True) else [
+            "**Not finished**: some arms have fewer seeds than asked (their seeds are listed) or none yet; the lab "
+            "resumes with the same command.", ""]),
         "## The paper's claims, checked",
         "",
         "| claim | difference (mean) | spread of the difference | holds |",
@@ -272,8 +277,14 @@ def report(results: dict) -> str:
                   "|---|---|---|---|---|" + "---|" * len(questions) + "---|"]
         for row in group["rows"]:
             summary = row["summary"]
+            label = row["label"]
+            if len(row["seeds_done"]) != len(results["seeds"]):
+                label += f" (seeds {', '.join(map(str, row['seeds_done'])) or 'none yet'})"
+            if summary is None:
+                lines.append(f"| {label} |" + " |" * (len(questions) + 5))
+                continue
             lines.append(
-                f"| {row['label']} | {row['llm_image_tokens']} | {row['visual_tokens_seen']} | {_cell(summary['fine'])} | "
+                f"| {label} | {row['llm_image_tokens']} | {row['visual_tokens_seen']} | {_cell(summary['fine'])} | "
                 f"{_cell(summary['coarse'])} | " + " | ".join(_cell(summary[q]) for q in questions if q in summary)
                 + f" | {row['train_seconds']:.0f} |"
             )
@@ -292,6 +303,7 @@ def plot(results: dict, path: Path) -> None:
     rows = (len(groups) + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), dpi=100, squeeze=False)
     for axis, group in zip(axes.flat, groups):
+        group = {**group, "rows": [row for row in group["rows"] if row["summary"] is not None]}
         labels = [row["label"] for row in group["rows"]]
         for offset, (metric, colour) in enumerate((("fine", "tab:blue"), ("coarse", "tab:orange"))):
             xs = [index + (offset - 0.5) * 0.38 for index in range(len(labels))]

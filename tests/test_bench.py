@@ -1,10 +1,11 @@
 """The benchmark's measuring tools (the timed numbers themselves are in docs/, not asserted here)."""
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM
 
-from deepstack.apps.bench import Bench, llm_prefill_flops_formula, peak_bytes, report
+from deepstack.apps.bench import Bench, TokenClock, llm_prefill_flops_formula, peak_bytes, report
 from deepstack.model.builder import tiny_text_config
 
 
@@ -89,3 +90,25 @@ def test_injection_cost_times_the_stack_additions_of_a_batch_of_images(images):
         features = model.get_image_features(inputs["pixel_values"])
         cost = bench._injection_cost(model, {"input_ids": inputs["input_ids"]}, features)
     assert cost["stacks"] == 4 and cost["all_additions_ms"] > 0
+
+
+def test_decode_rate_times_the_decode_steps_inside_one_generate_call(images):
+    from tests.conftest import tiny
+
+    model, processor = tiny("llm")
+    inputs = processor(images=images[:1], text="<image>\nq")
+    text = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    bench = object.__new__(Bench)
+    bench.repeats, bench.device = 2, torch.device("cpu")
+    with torch.inference_mode():
+        features = model.get_image_features(inputs["pixel_values"])
+        clock = TokenClock(bench.device)
+        model.generate(**text, mm_encoder_outputs={"image": features}, max_new_tokens=5, min_new_tokens=5,
+                       do_sample=False, streamer=clock)
+        rate = bench._decode_rate(model, text, features, new_tokens=4)
+    assert len(clock.times) == 1 + 5  # the prompt, then each new token
+    assert clock.decode_rate() == pytest.approx(4 / (clock.times[-1] - clock.times[1]))  # 4 steps after the 1st
+    assert 0 < rate["min"] <= rate["median"] <= rate["max"] and rate["new_tokens"] == 4
+    clock.times = clock.times[:2]
+    with pytest.raises(ValueError, match="at least two new tokens"):
+        clock.decode_rate()

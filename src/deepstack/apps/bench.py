@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from transformers.generation.streamers import BaseStreamer
 
 from ..method.injection import add_rows
 from ..model.builder import default_image_processor, load_language
@@ -54,6 +55,33 @@ def timed(fn, repeats: int, device: torch.device) -> dict:
         times.append(_once(fn, device))
     return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times),
             "max_ms": 1000 * max(times), "runs": len(times)}
+
+
+def _alternate(modes: list[str], index: int) -> list[str]:
+    """ABBA order: round 0 runs A then B, round 1 B then A, ..., so a steady drift favours neither."""
+    return modes if index % 2 == 0 else modes[::-1]
+
+
+class TokenClock(BaseStreamer):
+    """A generate streamer that notes when each new token exists (the first ``put`` is the prompt)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times = device, []
+
+    def put(self, value) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def decode_rate(self) -> float:
+        """Decode steps per second after the first new token: (tokens after it) / (time after it)."""
+        steps = len(self.times) - 2
+        if steps < 1:
+            raise ValueError("a decode rate needs at least two new tokens")
+        return steps / (self.times[-1] - self.times[1])
 
 
 def peak_bytes(fn, device: torch.device) -> int:
@@ -166,16 +194,16 @@ class Bench:
         return self.device.type == "cuda" or input_ids.shape[0] * input_ids.shape[1] <= 8 * 1000
 
     def _decode_rate(self, model, text, features, new_tokens: int = 64, repeats: int | None = None) -> dict:
-        def generate(count):
-            return lambda: model.generate(
-                **text, mm_encoder_outputs={"image": features}, max_new_tokens=count, min_new_tokens=count,
-                do_sample=False,
-            )
-
-        full = timed(generate(new_tokens + 1), repeats or self.repeats, self.device)
-        first = timed(generate(1), repeats or self.repeats, self.device)
-        return {"median": new_tokens / ((full["median_ms"] - first["median_ms"]) / 1000),
-                "new_tokens": new_tokens}
+        """Tokens/s of the decode steps alone: a clock on generate's streamer times every new token, and the
+        rate runs from the first new token (the prefill's) to the last, all inside one call."""
+        rates = []
+        for index in range(1 + (repeats or self.repeats)):  # the first call warms up
+            clock = TokenClock(self.device)
+            model.generate(**text, mm_encoder_outputs={"image": features}, max_new_tokens=new_tokens + 1,
+                           min_new_tokens=new_tokens + 1, do_sample=False, streamer=clock)
+            if index:
+                rates.append(clock.decode_rate())
+        return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "new_tokens": new_tokens}
 
     def _injection_cost(self, model, text, features) -> dict:
         """The S stack additions alone, at this prefill's shapes, against the whole LLM prefill."""
@@ -204,8 +232,8 @@ class Bench:
 
     @torch.inference_mode()
     def paired(self, rounds: int) -> dict:
-        """``none`` and ``llm`` measured alternately, round after round, so that drift in the machine's speed
-        falls on both: the ratios of the targets come from here."""
+        """``none`` and ``llm`` measured alternately (ABBA), round after round, so that drift in the machine's
+        speed falls on both: the ratios of the targets come from here."""
         models = {mode: self.model(mode) for mode in ("none", "llm")}
         result = {}
         for batch in (1, 8):
@@ -216,8 +244,9 @@ class Bench:
                 features = model.get_image_features(inputs["pixel_values"])
                 calls[mode] = (model, text, features)
             prefill = {mode: [] for mode in calls}
-            for _ in range(rounds + 1):  # the first round warms up
-                for mode, (model, text, features) in calls.items():
+            for index in range(rounds + 1):  # the first round warms up
+                for mode in _alternate(list(calls), index):
+                    model, text, features = calls[mode]
                     run = lambda: model(**text, mm_encoder_outputs={"image": features}, logits_to_keep=1)  # noqa: E731
                     prefill[mode].append(timed(run, 1, self.device)["median_ms"])
             ratios = [b / a for a, b in zip(prefill["none"][1:], prefill["llm"][1:])]
@@ -225,9 +254,9 @@ class Bench:
                                                  "max": max(ratios), "rounds": rounds}
             if batch == 1:
                 decode = {mode: [] for mode in calls}
-                for _ in range(max(3, rounds // 3)):
-                    for mode, (model, text, features) in calls.items():
-                        decode[mode].append(self._decode_rate(model, text, features, repeats=1)["median"])
+                for index in range(rounds):  # decode speed drifts by +-15% on a busy CPU: as many rounds
+                    for mode in _alternate(list(calls), index):
+                        decode[mode].append(self._decode_rate(*calls[mode], repeats=1)["median"])
                 rates = [b / a for a, b in zip(decode["none"], decode["llm"])]
                 result["decode_rate_ratio"] = {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
         return result
@@ -314,7 +343,8 @@ def report(results: dict) -> str:
         )
     lines += ["", "Runs: a call over 20 s (the string modes' batch of 8 on a CPU) keeps its first run and stops after "
               "90 s, fewer than the usual runs, as marked. Peak memory is profiled for up to 1000 tokens a row on a "
-              "CPU (the profiler slows longer calls many times over).",
+              "CPU (the profiler slows longer calls many times over). Decode tok/s: the 64 decode steps after the "
+              "prefill, timed token by token inside one generate call (KV cache, greedy).",
               "", "torch's FLOP counter does not count the CPU attention kernel, so on a CPU its number is compared "
               "with the formula without the attention products; the full formula adds them."]
     llm = next((r for r in rows if r["mode"] == "llm"), None)

@@ -3,7 +3,8 @@
 Each 64x64 image has a large shape (coarse: its colour and its kind survive downsampling) filled with a 1 px
 pattern of its colour and a darker shade (fine: horizontal lines, vertical lines or a checkerboard, which all
 average to the same flat colour at the 32 px global view), and a white tag on the shape with one digit in
-Pillow's bundled font (fine: 5x6 px, legible at 64 px, a 2.5x3 px smudge at 32 px). The fine details sit
+Pillow's bundled font (fine: 5x6 px at 64 px, 2.5x3 px at 32 px; the image-only probe still reads most digits
+at 32 px, so this question does not isolate hi-res detail as well as the pattern does). The fine details sit
 where the coarse questions already make the model look, and the tag is one patch of the hi-res grid.
 Questions come in two kinds: *fine* (the digit, the pattern) and *coarse* (colour, shape). Data is written
 in LLaVA format: ``images/``, ``train.json`` (multi-turn, every question of an image), and ``val.json`` /

@@ -165,7 +165,10 @@ def print_table(runs: list[dict]) -> None:
         table.add_row(run["mode"], str(run["llm_image_tokens"]), str(run["visual_tokens_seen"]),
                       f"{run['fine_accuracy']:.1%}", f"{run['coarse_accuracy']:.1%}",
                       *(f"{run['per_question'].get(q, 0.0):.1%}" for q in questions), f"{run['prefill_ms']:.1f}")
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a log file: wide enough for the whole table rather than rich's default 80
+        console = Console(width=120)
+    console.print(table)
     print("context: image tokens in the LLM's sequence; visual tokens: those it sees in any way; fine = digit and "
           "pattern questions, coarse = colour and shape; prefill: one image and question, batch 1")
 

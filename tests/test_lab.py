@@ -109,3 +109,19 @@ def test_every_arm_of_the_full_lab_is_a_valid_model_and_each_model_is_trained_on
             text_config=tiny_text_config(**FULL.llm_size).to_dict(),
             stack_mode=arm.mode, **dict(arm.settings),
         )
+
+
+def test_runs_of_another_task_version_or_recipe_are_not_reused(tmp_path):
+    from dataclasses import asdict
+
+    from deepstack.apps.finedetail import TASK_VERSION
+
+    recipe = json.loads(json.dumps(asdict(TINY)))
+    lines = [
+        {**_fake_run("none", 0, 0.2), "recipe": recipe, "task_version": TASK_VERSION},
+        {**_fake_run("dummy", 0, 0.2), "recipe": recipe, "task_version": TASK_VERSION - 1},
+        {**_fake_run("llm", 0, 0.5), "recipe": {**recipe, "steps": 999}, "task_version": TASK_VERSION},
+    ]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    results = lab(tmp_path, groups=["table6"], seeds=(0,), recipe=TINY, command="test", train=False)
+    assert [row["seeds_done"] for row in results["groups"]["table6"]["rows"]] == [[0], [], []]

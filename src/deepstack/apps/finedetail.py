@@ -35,6 +35,7 @@ QUESTIONS = {
     "shape": ("coarse", "What shape is the large object?"),
 }
 SPLITS = {"train": 3000, "val": 200, "test": 400}
+TASK_VERSION = 2  # bump when the scenes or questions change: results of another version do not compare
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,9 @@ def make_data(out: str | Path, seed: int = 0, sizes: dict[str, int] | None = Non
                         }
                     )
         (out / f"{split}.json").write_text(json.dumps(records))
-    (out / "dataset.json").write_text(json.dumps({"seed": seed, "sizes": sizes, "canvas": CANVAS}, indent=2))
+    (out / "dataset.json").write_text(
+        json.dumps({"version": TASK_VERSION, "seed": seed, "sizes": sizes, "canvas": CANVAS}, indent=2)
+    )
     return dict(sizes)
 
 

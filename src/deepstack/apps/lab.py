@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..model.configuration import DeepStackConfig
 from .demo import FULL, Recipe, train_and_evaluate
-from .finedetail import QUESTIONS, make_data
+from .finedetail import QUESTIONS, TASK_VERSION, make_data
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,7 @@ def lab(out: str | Path = "runs/lab", groups: list[str] | None = None, seeds: tu
     if unknown:
         raise ValueError(f"unknown lab group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
     data = out / "data"
-    if train and (not (data / "dataset.json").exists()
-                  or json.loads((data / "dataset.json").read_text())["sizes"] != recipe.sizes):
+    if train and _dataset(data) != {"version": TASK_VERSION, "sizes": recipe.sizes}:
         print(f"lab: writing the fine-detail data ({recipe.sizes}) to {data}")
         make_data(data, seed=0, sizes=recipe.sizes)
     log = out / "runs.jsonl"
@@ -162,8 +161,16 @@ def _run(key: str, mode: str, settings: dict, seed: int, data: str, folder: str,
                 contextlib.redirect_stderr(stream):
             run = train_and_evaluate(mode, Path(data), folder, seed, recipe, **settings)
     run.pop("predictions")
-    run.update(key=key, recipe=json.loads(json.dumps(asdict(recipe))))
+    run.update(key=key, recipe=json.loads(json.dumps(asdict(recipe))), task_version=TASK_VERSION)
     return run
+
+
+def _dataset(data: Path) -> dict | None:
+    """The version and sizes of the dataset in ``data``, or None when there is none."""
+    if not (data / "dataset.json").exists():
+        return None
+    written = json.loads((data / "dataset.json").read_text())
+    return {"version": written.get("version"), "sizes": written["sizes"]}
 
 
 def _load_runs(log: Path, recipe: Recipe) -> dict[tuple[str, int], dict]:
@@ -171,7 +178,8 @@ def _load_runs(log: Path, recipe: Recipe) -> dict[tuple[str, int], dict]:
     if log.exists():
         for line in log.read_text().splitlines():
             run = json.loads(line)
-            if run["recipe"] == json.loads(json.dumps(asdict(recipe))):  # runs of another recipe do not count
+            # runs of another recipe or another version of the task do not count
+            if run["recipe"] == json.loads(json.dumps(asdict(recipe))) and run.get("task_version") == TASK_VERSION:
                 runs[run["key"], run["seed"]] = run
     return runs
 

@@ -79,9 +79,10 @@ def _validate_data(args) -> None:
 
 
 def _make_data(args) -> None:
-    from .finedetail import SPLITS, make_data, probe_legibility
+    from .demo import FULL, QUICK
+    from .finedetail import make_data, probe_legibility
 
-    sizes = {"train": 600, "val": 60, "test": 150} if args.quick else SPLITS
+    sizes = (QUICK if args.quick else FULL).sizes
     make_data(args.out, seed=args.seed, sizes=sizes)
     print(f"wrote {sizes} images with fine and coarse questions to {args.out}")
     if args.probe:

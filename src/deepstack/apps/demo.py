@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..model.builder import build_model, load_pretrained, tiny_tokenizer
 from .evaluate import evaluate, prefill_seconds
-from .finedetail import QUESTIONS, make_data
+from .finedetail import QUESTIONS, SPLITS, make_data
 from .train.config import DataSection, DataSource, ModelSection, OptimSection, OutputSection, TrainConfig
 from .train.loop import train
 
@@ -26,7 +26,7 @@ from .train.loop import train
 class Recipe:
     """Everything a demo or lab run shares: the data sizes, the tiny parts and the training budget."""
 
-    sizes: dict = field(default_factory=lambda: {"train": 3000, "val": 200, "test": 400})
+    sizes: dict = field(default_factory=lambda: dict(SPLITS))
     # a 32 px CLIP-style encoder with 8 px patches (N = 16 tokens), 6 layers so that DeepStack-V's 4 stacks
     # fit before the feature layer, and an 8-layer Llama-style LLM (room for Fig. 3's start layers/intervals)
     vision_size: dict = field(

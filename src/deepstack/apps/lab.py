@@ -161,8 +161,13 @@ def _run(key: str, mode: str, settings: dict, seed: int, data: str, folder: str,
                 contextlib.redirect_stderr(stream):
             run = train_and_evaluate(mode, Path(data), folder, seed, recipe, **settings)
     run.pop("predictions")
-    run.update(key=key, recipe=json.loads(json.dumps(asdict(recipe))), task_version=TASK_VERSION)
+    run.update(key=key, recipe=_as_json(recipe), task_version=TASK_VERSION)
     return run
+
+
+def _as_json(recipe: Recipe) -> dict:
+    """The recipe as it reads back from runs.jsonl (tuples become lists), to compare runs by recipe."""
+    return json.loads(json.dumps(asdict(recipe)))
 
 
 def _dataset(data: Path) -> dict | None:
@@ -179,7 +184,7 @@ def _load_runs(log: Path, recipe: Recipe) -> dict[tuple[str, int], dict]:
         for line in log.read_text().splitlines():
             run = json.loads(line)
             # runs of another recipe or another version of the task do not count
-            if run["recipe"] == json.loads(json.dumps(asdict(recipe))) and run.get("task_version") == TASK_VERSION:
+            if run["recipe"] == _as_json(recipe) and run.get("task_version") == TASK_VERSION:
                 runs[run["key"], run["seed"]] = run
     return runs
 

@@ -68,9 +68,7 @@ class ViTStacks(StackMode):
     """DeepStack-V: stacks added inside the vision encoder; the LLM sees N tokens (Sec. 3.3)."""
 
     name = "vit"
-
-    def visual_tokens_seen(self, num_global_tokens, num_stacks, injected_stacks):
-        return (1 + injected_stacks) * num_global_tokens
+    visual_tokens_seen = LLMStacks.visual_tokens_seen  # the global tokens and the injected stacks, as in llm
 
     def features(self, model, global_view, crops):
         return model.projector(model.vision_features_with_stacks(global_view, crops)), None

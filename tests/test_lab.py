@@ -125,3 +125,23 @@ def test_runs_of_another_task_version_or_recipe_are_not_reused(tmp_path):
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     results = lab(tmp_path, groups=["table6"], seeds=(0,), recipe=TINY, command="test", train=False)
     assert [row["seeds_done"] for row in results["groups"]["table6"]["rows"]] == [[0], [], []]
+
+
+def test_a_lab_cut_off_has_the_report_of_the_runs_that_finished(tmp_path, monkeypatch):
+    import deepstack.apps.lab as lab_module
+
+    finished = []
+    run = lab_module._run
+
+    def cut_off_after_the_first(*args, **kwargs):
+        if finished:
+            raise KeyboardInterrupt
+        finished.append(run(*args, **kwargs))
+        return finished[-1]
+
+    monkeypatch.setattr(lab_module, "_run", cut_off_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        lab(tmp_path, groups=["table6"], seeds=(0,), recipe=TINY, command="test", report_dir=tmp_path / "report")
+    markdown = (tmp_path / "report" / "lab.md").read_text()
+    assert "**Not finished**" in markdown and "| none | 16 | 16 |" in markdown and "| dummy (seeds none yet) |" in markdown
+    assert json.loads((tmp_path / "report" / "lab.json").read_text())["groups"]["table6"]["rows"][0]["seeds_done"] == [0]

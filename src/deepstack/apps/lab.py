@@ -113,20 +113,26 @@ def lab(out: str | Path = "runs/lab", groups: list[str] | None = None, seeds: tu
           f"{len(arms) * len(seeds) - len(todo)} done; {workers} at a time")
     jobs = [(arm.key, arm.mode, dict(arm.settings), seed, str(data), str(out / "models" / f"{arm.key}-seed{seed}"),
              recipe) for arm, seed in todo]
+    command = command or "deepstack " + " ".join(sys.argv[1:])
+    report_dir = Path(report_dir or out)
     for run in tqdm(_execute(jobs, workers), total=len(jobs), desc="lab runs", disable=not jobs):
         with log.open("a") as stream:
             stream.write(json.dumps(run) + "\n")
         done[run["key"], run["seed"]] = run
         tqdm.write(f"lab: {run['key']} seed {run['seed']}: fine {run['fine_accuracy']:.1%}, "
                    f"coarse {run['coarse_accuracy']:.1%} ({run['total_seconds']:.0f}s)")
-    results = collect(done, groups, seeds, recipe)
-    results["command"] = command or "deepstack " + " ".join(sys.argv[1:])
-    report_dir = Path(report_dir or out)
+        _write_report(collect(done, groups, seeds, recipe), command, report_dir)  # a lab cut off keeps its report
+    results = _write_report(collect(done, groups, seeds, recipe), command, report_dir)
+    print(f"lab: report in {report_dir / 'lab.md'}")
+    return results
+
+
+def _write_report(results: dict, command: str, report_dir: Path) -> dict:
+    results["command"] = command
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "lab.json").write_text(json.dumps(results, indent=2))
     (report_dir / "lab.md").write_text(report(results))
     plot(results, report_dir / "lab.png")
-    print(f"lab: report in {report_dir / 'lab.md'}")
     return results
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from deepstack.apps.cli import main
 from deepstack.apps.demo import Recipe
-from deepstack.apps.lab import GROUPS, claims, collect, lab, plot, report, summarise
+from deepstack.apps.lab import GROUPS, claims, collect, lab, plot, report, summarise, unseparated
 
 TINY = Recipe(sizes={"train": 24, "val": 4, "test": 6}, steps=2, batch_size=8)
 
@@ -145,3 +145,16 @@ def test_a_lab_cut_off_has_the_report_of_the_runs_that_finished(tmp_path, monkey
     markdown = (tmp_path / "report" / "lab.md").read_text()
     assert "**Not finished**" in markdown and "| none | 16 | 16 |" in markdown and "| dummy (seeds none yet) |" in markdown
     assert json.loads((tmp_path / "report" / "lab.json").read_text())["groups"]["table6"]["rows"][0]["seeds_done"] == [0]
+
+
+def test_the_report_names_the_questions_that_do_not_tell_a_groups_arms_apart():
+    # _fake_run: digit 10% for every arm (chance), pattern 2 * fine - 0.1, colour and shape 100%
+    done = {("none", 0): _fake_run("none", 0, 0.2), ("dummy", 0): _fake_run("dummy", 0, 0.21),
+            ("llm", 0): _fake_run("llm", 0, 0.55)}
+    results = collect(done, ["table6"], (0,), TINY)
+    results["command"] = "deepstack lab"
+    rows = results["groups"]["table6"]["rows"]
+    assert [question for question, _, _ in unseparated(rows)] == ["digit", "colour", "shape"]  # pattern differs
+    assert [question for question, _, _ in unseparated(rows[:2])] == ["digit", "pattern", "colour", "shape"]
+    assert unseparated(rows[2:]) == []  # one arm: nothing to compare
+    assert "do not differ (means within the seeds' spread, at least 2 points): digit 10.0% to 10.0% (chance 10%)" in report(results)

@@ -35,6 +35,7 @@ QUESTIONS = {
     "shape": ("coarse", "What shape is the large object?"),
 }
 SPLITS = {"train": 3000, "val": 200, "test": 400}
+ANSWERS = {"digit": tuple("0123456789"), "pattern": PATTERNS, "colour": tuple(COLOURS), "shape": SHAPES}
 DIGIT_GREY = (140, 140, 140)  # a black glyph stays legible at 32 px (probe: 88.7%), this grey does not
 TASK_VERSION = 3  # bump when the scenes or questions change: results of another version do not compare
 

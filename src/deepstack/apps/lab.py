@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..model.configuration import DeepStackConfig
 from .demo import FULL, Recipe, train_and_evaluate
-from .finedetail import QUESTIONS, TASK_VERSION, make_data
+from .finedetail import ANSWERS, QUESTIONS, TASK_VERSION, make_data
 
 
 @dataclass(frozen=True)
@@ -261,6 +261,22 @@ def claims(groups: dict) -> list[dict]:
     return checks
 
 
+def unseparated(rows: list[dict]) -> list[tuple[str, float, float]]:
+    """The questions on which a group's arms do not differ: every arm's mean within the spread of the seeds
+    (at least 2 points) of every other's. ``(question, lowest mean, highest mean)`` for each; a question
+    every arm answers at chance, or perfectly, cannot tell the arms apart."""
+    rows = [row for row in rows if row["summary"] is not None]
+    if len(rows) < 2:
+        return []
+    found = []
+    for question in QUESTIONS:
+        stats = [row["summary"][question] for row in rows if question in row["summary"]]
+        means = [stat["mean"] for stat in stats]
+        if len(stats) == len(rows) and max(means) - min(means) <= max(0.02, *(stat["std"] for stat in stats)):
+            found.append((question, min(means), max(means)))
+    return found
+
+
 def _cell(stat: dict) -> str:
     return f"{stat['mean']:.1%} ± {stat['std']:.1%}"
 
@@ -307,6 +323,11 @@ def report(results: dict) -> str:
                 f"{_cell(summary['coarse'])} | " + " | ".join(_cell(summary[q]) for q in questions if q in summary)
                 + f" | {row['train_seconds']:.0f} |"
             )
+        flat = unseparated(group["rows"])
+        if flat:
+            lines += ["", "Questions on which these arms do not differ (means within the seeds' spread, at least 2 "
+                      "points): " + "; ".join(f"{question} {low:.1%} to {high:.1%} (chance {1 / len(ANSWERS[question]):.0%})"
+                                              for question, low, high in flat) + "."]
     lines += ["", "![lab](lab.png)", ""]
     return "\n".join(lines)
 

@@ -109,7 +109,7 @@ def train_and_evaluate(mode: str, data: Path, out: Path, seed: int, recipe: Reci
         "fine_accuracy": scores["accuracy"].get("fine", 0.0),
         "coarse_accuracy": scores["accuracy"].get("coarse", 0.0),
         "per_question": per_question(scores["predictions"]),
-        "prefill_ms": 1000 * prefill_seconds(model, processor, image, "What number is on the lower-left label?"),
+        "prefill_ms": 1000 * prefill_seconds(model, processor, image, QUESTIONS["digit"][1]),
         "final_train_loss": result.final_loss,
         "train_seconds": round(result.seconds, 1),
         "total_seconds": round(time.time() - started, 1),

@@ -158,3 +158,13 @@ def test_the_report_names_the_questions_that_do_not_tell_a_groups_arms_apart():
     assert [question for question, _, _ in unseparated(rows[:2])] == ["digit", "pattern", "colour", "shape"]
     assert unseparated(rows[2:]) == []  # one arm: nothing to compare
     assert "do not differ (means within the seeds' spread, at least 2 points): digit 10.0% to 10.0% (chance 10%)" in report(results)
+
+
+def test_a_broken_line_in_runs_jsonl_is_named_and_nothing_is_overwritten(tmp_path, capsys):
+    good = json.dumps({**_fake_run("none", 0, 0.2), "recipe": {}, "task_version": 0})
+    (tmp_path / "runs.jsonl").write_text(good + "\n" + good[:40] + "\n")
+    before = (tmp_path / "runs.jsonl").read_text()
+    assert main(["lab", "--out", str(tmp_path), "--groups", "table6", "--report-only"]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'runs.jsonl'}, line 2: not a JSON run record" in error and "delete that line" in error
+    assert (tmp_path / "runs.jsonl").read_text() == before and not (tmp_path / "lab.md").exists()

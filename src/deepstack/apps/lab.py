@@ -187,8 +187,14 @@ def _dataset(data: Path) -> dict | None:
 def _load_runs(log: Path, recipe: Recipe) -> dict[tuple[str, int], dict]:
     runs = {}
     if log.exists():
-        for line in log.read_text().splitlines():
-            run = json.loads(line)
+        for number, line in enumerate(log.read_text().splitlines(), 1):
+            try:
+                run = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{log}, line {number}: not a JSON run record ({error.msg}), perhaps a lab cut off while writing "
+                    "it; delete that line (that run trains again) and rerun, the other runs are kept"
+                ) from None
             # runs of another recipe or another version of the task do not count
             if run["recipe"] == _as_json(recipe) and run.get("task_version") == TASK_VERSION:
                 runs[run["key"], run["seed"]] = run

@@ -68,6 +68,18 @@ def test_claims_follow_the_measured_gaps_and_spreads():
     assert not verdicts["llm level with none on coarse questions"]
     noisy = {"table7": {"rows": [_row("none", 0.3, 0.9, std=0.2), _row("llm", 0.5, 0.9, std=0.2)]}}
     assert not claims(noisy)[0]["holds"]  # a 20-point gap inside a 28-point spread is not shown
+    assert claims(noisy)[0]["verdict"] == "not separated"  # ... nor refuted
+    groups["table7"]["rows"][1] = _row("llm", 0.1, 0.9)  # far below none: refuted
+    assert next(c for c in claims(groups) if c["claim"].startswith("llm well above"))["verdict"] == "no"
+
+
+def test_table5_claim_is_not_separated_when_the_samplings_tie():
+    table5 = {"table5": {"rows": [_row("llm", 0.55, 0.99), _row("llm-stack_sampling=2d_grid", 0.554, 0.99),
+                                  _row("llm-stack_sampling=1d_sequential", 0.40, 0.99)]}}
+    verdicts = {claim["claim"].split(" on ")[0]: claim["verdict"] for claim in claims(table5)}
+    assert verdicts == {"2d_spatial above 2d_grid": "not separated", "2d_spatial above 1d_sequential": "yes"}
+    table5["table5"]["rows"][2] = _row("llm-stack_sampling=1d_sequential", 0.70, 0.99)
+    assert claims(table5)[1]["verdict"] == "no"
 
 
 def test_unknown_group_is_named(tmp_path, capsys):

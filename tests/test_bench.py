@@ -5,8 +5,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM
 
-from deepstack.apps.bench import Bench, TokenClock, llm_prefill_flops_formula, peak_bytes, report
-from deepstack.model.builder import tiny_text_config
+from deepstack.research.bench import Bench, TokenClock, llm_prefill_flops_formula, peak_bytes, report
+from deepstack.model.tiny import tiny_text_config
 
 
 def test_flop_formula_matches_torch_flop_counter_on_a_llama():
@@ -58,7 +58,7 @@ def test_report_checks_the_targets_from_the_measured_ratios():
 def test_llm_forward_does_not_copy_the_stacks_of_a_batch(images):
     """The bench's b8 peak-memory target: the stacks are handed to the injection as views, so a forward of
     `llm` holds at most a hidden-state copy more than `none`, never a copy of all S stacks."""
-    from tests.conftest import tiny
+    from tests.fixtures import tiny
 
     llm, processor = tiny("llm")
     none, _ = tiny("none")
@@ -80,7 +80,7 @@ def test_llm_forward_does_not_copy_the_stacks_of_a_batch(images):
 
 def test_injection_cost_times_the_stack_additions_of_a_batch_of_images(images):
     """The bench's injection measure takes the image features as the model hands them to the decoder."""
-    from tests.conftest import tiny
+    from tests.fixtures import tiny
 
     model, processor = tiny("llm")
     inputs = processor(images=images[:2], text=["<image>\nq", "<image>\nq"])
@@ -93,7 +93,7 @@ def test_injection_cost_times_the_stack_additions_of_a_batch_of_images(images):
 
 
 def test_decode_rate_times_the_decode_steps_inside_one_generate_call(images):
-    from tests.conftest import tiny
+    from tests.fixtures import tiny
 
     model, processor = tiny("llm")
     inputs = processor(images=images[:1], text="<image>\nq")

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 import deepstack
-from deepstack.apps.cli import main
+from deepstack.cli import main
 
 SAMPLE = Path(deepstack.__file__).parent / "assets" / "sample.png"
 

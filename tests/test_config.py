@@ -3,7 +3,7 @@
 import pytest
 
 from deepstack import DeepStackConfig
-from deepstack.model.builder import tiny_text_config, tiny_vision_config
+from deepstack.model.tiny import tiny_text_config, tiny_vision_config
 
 
 def config(**settings):

@@ -1,4 +1,4 @@
-"""The fine-detail task and `deepstack demo --quick` (issue 4)."""
+"""The fine-detail task and `deepstack demo --quick`."""
 
 import itertools
 import json
@@ -7,8 +7,9 @@ import random
 import numpy as np
 from PIL import Image
 
-from deepstack.apps.cli import main
-from deepstack.apps.finedetail import CANVAS, PATTERNS, SHAPES, Scene, draw_scene, make_data, normalise
+from deepstack.cli import main
+from deepstack.research.tasks.finedetail import CANVAS, PATTERNS, SHAPES, Scene, draw_scene, make_data
+from deepstack.eval.metrics import normalise
 
 
 def test_make_data_is_deterministic_and_in_llava_format(tmp_path):

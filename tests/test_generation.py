@@ -1,4 +1,4 @@
-"""Generation with the KV cache: DEEPSTACK.md says stacks go only where image positions are in the current
+"""Generation with the KV cache: docs/method.md says stacks go only where image positions are in the current
 chunk, and a cached generation equals uncached full forwards. Also batching, chunked prefill, statelessness."""
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from transformers import DynamicCache
 
 from deepstack.model.modeling import DeepStackImageOutput, feature_rows
-from tests.conftest import image_positions, tiny
+from tests.fixtures import image_positions, tiny
 
 MODES = ["none", "llm", "vit", "hires_string", "global_hires_string", "dim_concat", "dummy"]
 

@@ -1,4 +1,4 @@
-"""Where the stacks go (DEEPSTACK.md, "Injection into the LLM" and "DeepStack-V"), observed at the layers.
+"""Where the stacks go (docs/method.md, "Injection into the LLM" and "DeepStack-V"), observed at the layers.
 
 Hooks on every block record what the block really received and what it returned; the difference between
 block idx's input and block idx-1's output is exactly what DeepStack added between them.
@@ -9,7 +9,7 @@ import torch
 
 from deepstack.method.injection import add_rows, find_layers
 from deepstack.model.modeling import feature_rows
-from tests.conftest import image_positions, tiny
+from tests.fixtures import image_positions, tiny
 
 
 def _hidden(value):

@@ -1,12 +1,12 @@
-"""`deepstack lab` (issue 4): every arm x seed once, resumable, a report with mean ± std and the claims."""
+"""`deepstack lab`: every arm x seed once, resumable, a report with mean ± std and the claims."""
 
 import json
 
 import pytest
 
-from deepstack.apps.cli import main
-from deepstack.apps.demo import Recipe
-from deepstack.apps.lab import GROUPS, claims, collect, lab, plot, report, summarise, unseparated
+from deepstack.cli import main
+from deepstack.research.recipe import Recipe
+from deepstack.research.lab import GROUPS, claims, collect, lab, plot, report, summarise, unseparated
 
 TINY = Recipe(sizes={"train": 24, "val": 4, "test": 6}, steps=2, batch_size=8)
 
@@ -110,8 +110,8 @@ def test_a_report_of_an_unfinished_lab_lists_what_has_not_run(tmp_path):
 
 def test_every_arm_of_the_full_lab_is_a_valid_model_and_each_model_is_trained_once():
     from deepstack import DeepStackConfig
-    from deepstack.apps.demo import FULL
-    from deepstack.model.builder import tiny_text_config, tiny_vision_config
+    from deepstack.research.recipe import FULL
+    from deepstack.model.tiny import tiny_text_config, tiny_vision_config
 
     arms = {arm.key: arm for _, group in GROUPS.values() for arm in group}
     assert len(arms) == 16  # 6 (Table 7) + dummy + 2 samplings + 3 starts + 1 interval + 3 stack counts
@@ -126,7 +126,7 @@ def test_every_arm_of_the_full_lab_is_a_valid_model_and_each_model_is_trained_on
 def test_runs_of_another_task_version_or_recipe_are_not_reused(tmp_path):
     from dataclasses import asdict
 
-    from deepstack.apps.finedetail import TASK_VERSION
+    from deepstack.research.tasks.finedetail import TASK_VERSION
 
     recipe = json.loads(json.dumps(asdict(TINY)))
     lines = [
@@ -140,7 +140,7 @@ def test_runs_of_another_task_version_or_recipe_are_not_reused(tmp_path):
 
 
 def test_a_lab_cut_off_has_the_report_of_the_runs_that_finished(tmp_path, monkeypatch):
-    import deepstack.apps.lab as lab_module
+    import deepstack.research.lab as lab_module
 
     finished = []
     run = lab_module._run

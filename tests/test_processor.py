@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import random_image, tiny
+from tests.fixtures import random_image, tiny
 
 N, S = 16, 4  # tiny models: 32x32 input, 8x8 patches, hires_scale 2
 

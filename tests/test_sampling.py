@@ -1,4 +1,4 @@
-"""sample_stacks and the crop mosaic (DEEPSTACK.md, "Sampling2D")."""
+"""sample_stacks and the crop mosaic (docs/method.md, "Sampling2D")."""
 
 import pytest
 import torch

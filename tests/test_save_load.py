@@ -5,8 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
 
 from deepstack import DeepStackForConditionalGeneration, DeepStackProcessor, build_model, load_pretrained
-from deepstack.model.builder import SMOLLM2_GGUF, smollm2_gguf_path, tiny_text_config, tiny_tokenizer, tiny_vision_config
-from tests.conftest import tiny
+from deepstack.model.parts import SMOLLM2_GGUF, smollm2_gguf_path
+from deepstack.model.tiny import tiny_text_config, tiny_tokenizer, tiny_vision_config
+from tests.fixtures import tiny
 
 
 @pytest.mark.parametrize("mode", ["llm", "vit", "dim_concat", "global_hires_string"])

@@ -1,4 +1,4 @@
-"""Training (issue 3): stages, overfitting, bad data, checkpoints that survive SIGKILL, two processes."""
+"""Training: stages, overfitting, bad data, checkpoints that survive SIGKILL, two processes."""
 
 import json
 import os
@@ -14,12 +14,12 @@ import yaml
 from PIL import Image
 
 from deepstack import DeepStackForConditionalGeneration, DeepStackProcessor, build_model
-from deepstack.apps.cli import main
-from deepstack.apps.train.config import load_config
-from deepstack.apps.train.data import IGNORE_INDEX, ConversationEncoder
-from deepstack.apps.train.loop import DataError, train
-from tests.conftest import tiny
-from tests.llava_data import COLOURS, write_config, write_dataset
+from deepstack.cli import main
+from deepstack.train.config import load_config
+from deepstack.train.data import IGNORE_INDEX, ConversationEncoder
+from deepstack.train.loop import DataError, train
+from tests.fixtures import tiny
+from tests.fixtures import COLOURS, write_config, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,7 +180,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_loss_curve(tmp_path):
     config = write_config(tmp_path, data, optim={"max_steps": 40, "lr": 3e-3, "global_batch_size": 4,
                                                  "micro_batch_size": 2},
                           output={"save_every": 5, "keep_last": 2})
-    cli = [sys.executable, "-m", "deepstack.apps.cli", "train", str(config)]
+    cli = [sys.executable, "-m", "deepstack.cli", "train", str(config)]
     reference = _run(cli + [f"--output.dir={tmp_path / 'reference'}"])
     assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-2000:]
 
@@ -209,11 +209,11 @@ def test_sigkill_and_resume_gives_the_uninterrupted_loss_curve(tmp_path):
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     data = write_dataset(tmp_path, 16)
     config = write_config(tmp_path, data, optim={"max_steps": 4, "global_batch_size": 8, "micro_batch_size": 4})
-    single = _run([sys.executable, "-m", "deepstack.apps.cli", "train", str(config), f"--output.dir={tmp_path / 'one'}"])
+    single = _run([sys.executable, "-m", "deepstack.cli", "train", str(config), f"--output.dir={tmp_path / 'one'}"])
     assert single.wait(timeout=300) == 0, single.stderr.read().decode()[-2000:]
     double = _run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-         "-m", "deepstack.apps.cli", "train", str(config), f"--output.dir={tmp_path / 'two'}"]
+         "-m", "deepstack.cli", "train", str(config), f"--output.dir={tmp_path / 'two'}"]
     )
     assert double.wait(timeout=300) == 0, double.stderr.read().decode()[-3000:]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")

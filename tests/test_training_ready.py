@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import tiny
+from tests.fixtures import tiny
 
 
 def loss_and_grads(model, inputs):

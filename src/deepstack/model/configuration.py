@@ -1,5 +1,5 @@
 """``DeepStackConfig``: a LLaVA-style config (vision_config, text_config, image_token_id, ...) plus the
-DeepStack settings of DEEPSTACK.md. Settings that cannot work fail here, when the config is made."""
+DeepStack settings of docs/method.md. Settings that cannot work fail here, when the config is made."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class DeepStackConfig(PreTrainedConfig):
     (``"default"`` drops the CLS token, ``"full"`` keeps every token; SigLIP has no CLS, use ``"full"``),
     ``projector_hidden_act``.
 
-    DeepStack fields (DEEPSTACK.md):
+    DeepStack fields (docs/method.md):
         stack_mode: one of ``none | llm | vit | hires_string | global_hires_string | dim_concat | dummy``.
         stack_start_layer: ``l`` of Algorithm 1; stack k goes in before decoder layer ``l + k*n``.
         stack_interval: ``n`` of Algorithm 1.

@@ -2,8 +2,9 @@
 
 The vision side (``get_image_features``) turns the views of each image into the tokens the LLM's sequence
 holds and, in DeepStack-L, the S stacks; the forward writes the sequence tokens into the image-token
-positions of the embeddings and adds the stacks with ``method.injection.inject_stacks``. Every comparison
-mode of DEEPSTACK.md is a ``StackMode`` strategy (``modes.py``); the forward never looks at the mode's name.
+positions of the embeddings and adds the stacks with ``method.injection.inject_stacks``. Each comparison
+mode's facts (token counts, widths) are in ``modes.py`` and its vision code is one entry of ``VISION_SIDE``
+here; nothing else looks at the mode's name.
 
 Pre-encoded images follow transformers' ``mm_encoder_outputs={"image": ...}`` convention: row ``i`` of
 ``pooler_output`` (and of each entry of ``deepstack_features``) belongs to the ``i``-th image token of the
@@ -162,7 +163,7 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
         return mosaic_crops(features.unflatten(0, (num_images, num_crops)), self.config.hires_scale, h, w)
 
     def hires_stacks(self, crops: torch.Tensor) -> torch.Tensor:
-        """Sampling2D of the hi-res map into ``(I, S, N, C)`` stacks (DEEPSTACK.md, "Sampling2D")."""
+        """Sampling2D of the hi-res map into ``(I, S, N, C)`` stacks (docs/method.md, "Sampling2D")."""
         return sample_stacks(self.hires_grid(crops), self.config.hires_scale, self.config.stack_sampling)
 
     def vision_features_with_stacks(self, global_view: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
@@ -188,6 +189,49 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
         with inject_stacks(layers, positions, stacks.transpose(0, 1).flatten(1, 2), start, 1):
             return self.vision_features(global_view)
 
+    # ---- each stack_mode's vision side: (global view (I, 3, H, W), crops (I, S, 3, H, W) or None) ->
+    # ---- (sequence features (I, tokens_per_image, D), stacks (S, I, N, D) or None)
+    def _global_only(self, global_view, crops):
+        """none: the global view's N tokens (LLaVA-1.5)."""
+        return self.projector(self.vision_features(global_view)), None
+
+    def _llm_stacks(self, global_view, crops):
+        """llm: global tokens in the sequence and S hi-res stacks for the decoder layers (Algorithm 1)."""
+        sequence = self.projector(self.vision_features(global_view))
+        # the MLP is per token; projecting in (S, I, N, D) order makes each stack one contiguous block, so the
+        # forward can hand the rows of a whole batch to the injection without copying them
+        stacks = self.projector(self.hires_stacks(crops)[:, : self.config.num_injected_stacks].transpose(0, 1))
+        return sequence, stacks
+
+    def _vit_stacks(self, global_view, crops):
+        """vit: stacks added inside the encoder (Sec. 3.3); N tokens reach the LLM."""
+        return self.projector(self.vision_features_with_stacks(global_view, crops)), None
+
+    def _hires_string(self, global_view, crops):
+        """hires_string: the S*N hi-res tokens, row-major over the mosaicked grid, no global view."""
+        return self.projector(self.hires_grid(crops).flatten(1, 2)), None
+
+    def _global_hires_string(self, global_view, crops):
+        """global_hires_string: the global tokens, then the hi-res tokens ((1+S)*N)."""
+        tokens = torch.cat([self.vision_features(global_view), self.hires_grid(crops).flatten(1, 2)], dim=1)
+        return self.projector(tokens), None
+
+    def _dim_concat(self, global_view, crops):
+        """dim_concat: global and stack features concatenated on channels before the projector; N tokens."""
+        stacks = self.hires_stacks(crops)  # (I, S, N, C)
+        channels = torch.cat([self.vision_features(global_view).unsqueeze(1), stacks], dim=1)
+        return self.projector(channels.permute(0, 2, 1, 3).flatten(2)), None
+
+    def _dummy_stacks(self, global_view, crops):
+        """dummy (Table 6): the global tokens themselves as the S stacks, no hi-res detail."""
+        sequence = self.projector(self.vision_features(global_view))
+        return sequence, sequence.unsqueeze(0).expand(self.config.num_injected_stacks, *sequence.shape)
+
+    VISION_SIDE = {
+        "none": _global_only, "llm": _llm_stacks, "vit": _vit_stacks, "hires_string": _hires_string,
+        "global_hires_string": _global_hires_string, "dim_concat": _dim_concat, "dummy": _dummy_stacks,
+    }
+
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> DeepStackImageOutput:
         """Encode images. ``pixel_values``: ``(I, V, 3, H, W)`` with view 0 the global view and views 1..S the
         hi-res crops (row-major), as the processor makes them; ``(I, 3, H, W)`` for modes without hi-res."""
@@ -204,7 +248,7 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
                 f"holds {views}; make the inputs with a DeepStackProcessor built for this model"
             )
         crops = pixel_values[:, 1:] if mode.needs_hires else None
-        sequence, stacks = mode.features(self, pixel_values[:, 0], crops)
+        sequence, stacks = self.VISION_SIDE[config.stack_mode](self, pixel_values[:, 0], crops)
         return DeepStackImageOutput(
             pooler_output=list(sequence),
             deepstack_features=None if stacks is None else list(stacks),  # S entries of (I, N, D)

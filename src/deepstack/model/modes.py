@@ -1,21 +1,16 @@
-"""The comparison modes of DEEPSTACK.md as strategies: one class per ``stack_mode``.
+"""The comparison modes (Sec. 4.3, Tables 6-7) as facts: one class per ``stack_mode``.
 
-Each mode answers three questions: how many image tokens an image takes in the LLM's sequence, how wide the
-projector's input is, and how the vision side turns the views of a batch of images into
-``(sequence features, stacks)``. The model calls ``mode.features(...)`` and never branches on the mode name.
+Each mode says how many image tokens an image takes in the LLM's sequence, how wide the projector's input
+is, whether it needs the hi-res view and whether it adds stacks to decoder layers. The vision code of each
+mode lives with the model (``DeepStackForConditionalGeneration.VISION_SIDE``), which calls it by mode name
+and never branches on it; this module imports nothing of the model.
 
-Shapes: ``I`` images, ``N = h*w`` global tokens, ``S = s*s`` stacks, ``C`` vision width, ``D`` LLM width.
-``sequence``: ``(I, tokens_per_image, D)``; ``stacks``: ``(S, I, N, D)`` or ``None``.
+``N = h*w`` global tokens, ``S = s*s`` stacks, ``C`` vision width.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
-
-import torch
-
-if TYPE_CHECKING:  # the model passes itself in; no runtime import to keep the dependency one-way
-    from .modeling import DeepStackForConditionalGeneration
+from typing import ClassVar
 
 
 class StackMode:
@@ -33,19 +28,11 @@ class StackMode:
         """How many distinct visual tokens reach the LLM in any way (sequence, stacks or channels)."""
         return self.tokens_per_image(num_global_tokens, num_stacks)
 
-    def features(
-        self, model: DeepStackForConditionalGeneration, global_view: torch.Tensor, crops: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        raise NotImplementedError
-
 
 class NoStacks(StackMode):
     """LLaVA-1.5: the global view's N tokens only."""
 
     name, needs_hires = "none", False
-
-    def features(self, model, global_view, crops):
-        return model.projector(model.vision_features(global_view)), None
 
 
 class LLMStacks(StackMode):
@@ -56,22 +43,12 @@ class LLMStacks(StackMode):
     def visual_tokens_seen(self, num_global_tokens, num_stacks, injected_stacks):
         return (1 + injected_stacks) * num_global_tokens
 
-    def features(self, model, global_view, crops):
-        sequence = model.projector(model.vision_features(global_view))
-        # the MLP is per token; projecting in (S, I, N, D) order makes each stack one contiguous block, so the
-        # forward can hand the rows of a whole batch to the injection without copying them
-        stacks = model.projector(model.hires_stacks(crops)[:, : model.config.num_injected_stacks].transpose(0, 1))
-        return sequence, stacks
-
 
 class ViTStacks(StackMode):
     """DeepStack-V: stacks added inside the vision encoder; the LLM sees N tokens (Sec. 3.3)."""
 
     name = "vit"
     visual_tokens_seen = LLMStacks.visual_tokens_seen  # the global tokens and the injected stacks, as in llm
-
-    def features(self, model, global_view, crops):
-        return model.projector(model.vision_features_with_stacks(global_view, crops)), None
 
 
 class HiresString(StackMode):
@@ -82,9 +59,6 @@ class HiresString(StackMode):
     def tokens_per_image(self, num_global_tokens, num_stacks):
         return num_stacks * num_global_tokens
 
-    def features(self, model, global_view, crops):
-        return model.projector(model.hires_grid(crops).flatten(1, 2)), None
-
 
 class GlobalHiresString(StackMode):
     """LLaVA-NeXT style: global tokens then hi-res tokens, (1+S)*N in the sequence."""
@@ -93,10 +67,6 @@ class GlobalHiresString(StackMode):
 
     def tokens_per_image(self, num_global_tokens, num_stacks):
         return (1 + num_stacks) * num_global_tokens
-
-    def features(self, model, global_view, crops):
-        tokens = torch.cat([model.vision_features(global_view), model.hires_grid(crops).flatten(1, 2)], dim=1)
-        return model.projector(tokens), None
 
 
 class DimConcat(StackMode):
@@ -110,21 +80,11 @@ class DimConcat(StackMode):
     def visual_tokens_seen(self, num_global_tokens, num_stacks, injected_stacks):
         return (1 + num_stacks) * num_global_tokens
 
-    def features(self, model, global_view, crops):
-        stacks = model.hires_stacks(crops)  # (I, S, N, C)
-        channels = torch.cat([model.vision_features(global_view).unsqueeze(1), stacks], dim=1)
-        return model.projector(channels.permute(0, 2, 1, 3).flatten(2)), None
-
 
 class DummyStacks(StackMode):
     """Table 6's control: the global tokens themselves stacked S times, no hi-res detail."""
 
     name, needs_hires, injects_into_llm = "dummy", False, True
-
-    def features(self, model, global_view, crops):
-        sequence = model.projector(model.vision_features(global_view))
-        stacks = sequence.unsqueeze(0).expand(model.config.num_injected_stacks, *sequence.shape)
-        return sequence, stacks
 
 
 STACK_MODES: dict[str, StackMode] = {

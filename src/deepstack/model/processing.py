@@ -1,6 +1,6 @@
 """``DeepStackProcessor``: PIL images + prompts -> ``input_ids``, ``attention_mask``, ``pixel_values``.
 
-Both views of an image are made by one rule (DEEPSTACK.md, "consistent" processing in Table 5): pad to a
+Both views of an image are made by one rule (docs/method.md, "consistent" processing in Table 5): pad to a
 square with the normalisation mean colour (LLaVA-1.5's rule), then resize to the encoder's input size for the
 global view and to ``hires_scale`` times that size for the hi-res view, which is cut into ``s x s`` crops in
 row-major order. ``pixel_values`` is ``(images, 1 + S, 3, H, W)`` (view 0 global) for modes that use the
@@ -20,7 +20,6 @@ from tokenizers import AddedToken
 from transformers import AutoProcessor, BatchFeature, ProcessorMixin
 
 from .configuration import DeepStackConfig
-
 from .modes import STACK_MODES
 
 DEFAULT_IMAGE_TOKEN = "<image>"
@@ -180,11 +179,19 @@ class DeepStackProcessor(ProcessorMixin):
                     self.image_token + "\n" if part["type"] == "image" else part["text"] for part in content
                 )
             flat.append({"role": message["role"], "content": content})
-        template = self.chat_template or self.tokenizer.chat_template
-        if template is None:
+        return self.render_chat(flat, add_generation_prompt)
+
+    @property
+    def template(self) -> str | None:
+        """The chat template in force: the processor's own, else the tokenizer's, else ``None``."""
+        return self.chat_template or self.tokenizer.chat_template
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        """Chat messages with string contents rendered as text by ``template``."""
+        if self.template is None:
             raise ValueError("this tokenizer has no chat template; pass plain text or set tokenizer.chat_template")
         return self.tokenizer.apply_chat_template(
-            flat, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+            messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
     def expand_image_tokens(self, text: str) -> str:

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub from the
 
 
 def _build(args) -> None:
-    from ..model.builder import build_model
+    from .model.builder import build_model
 
     settings = {
         "stack_mode": args.mode,
@@ -37,9 +37,10 @@ def _build(args) -> None:
 
 
 def _generate(args) -> None:
-    from ..model.builder import load_pretrained
-    from ..model.processing import load_image
-    from .generate import answer, pick_device, pick_dtype
+    from .model.builder import load_pretrained
+    from .model.processing import load_image
+    from .infer.generate import answer
+    from .utils.device import pick_device, pick_dtype
 
     image = load_image(args.image)  # check the input before the (slower) model load
     device = pick_device(args.device)
@@ -79,8 +80,8 @@ def _validate_data(args) -> None:
 
 
 def _make_data(args) -> None:
-    from .demo import FULL, QUICK
-    from .finedetail import make_data, probe_legibility
+    from .research.recipe import FULL, QUICK
+    from .research.tasks.finedetail import make_data, probe_legibility
 
     sizes = (QUICK if args.quick else FULL).sizes
     make_data(args.out, seed=args.seed, sizes=sizes)
@@ -92,14 +93,14 @@ def _make_data(args) -> None:
 
 
 def _demo(args) -> None:
-    from .demo import demo
+    from .research.demo import demo
 
     demo(args.out, quick=args.quick, llm=args.llm, seed=args.seed, steps=args.steps)
 
 
 def _lab(args) -> None:
-    from .demo import FULL, QUICK
-    from .lab import lab
+    from .research.recipe import FULL, QUICK
+    from .research.lab import lab
 
     recipe = (QUICK if args.quick else FULL).with_steps(args.steps)
     lab(args.out, groups=args.groups, seeds=tuple(args.seeds), recipe=recipe, report_dir=args.report,
@@ -108,7 +109,7 @@ def _lab(args) -> None:
 
 
 def _bench(args) -> None:
-    from .bench import plot, report, run
+    from .research.bench import plot, report, run
 
     if args.report_only:  # redo bench.md and bench.png from the bench.json of an earlier (maybe partial) run
         results = json.loads((Path(args.out) / "bench.json").read_text())

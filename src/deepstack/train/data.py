@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ...model.processing import DeepStackProcessor, load_image
+from ..model.processing import DeepStackProcessor, load_image
 from .config import DataSource
 
 IGNORE_INDEX = -100
@@ -112,12 +112,7 @@ class ConversationEncoder:
         return bos + prompt + answer, [IGNORE_INDEX] * (len(bos) + len(prompt)) + answer
 
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages,
-            chat_template=self.processor.chat_template or self.tokenizer.chat_template,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
+        return self.processor.render_chat(messages, add_generation_prompt)
 
     def _chat(self, turns: list[dict]) -> tuple[list[int], list[int]]:
         messages = [{"role": ROLES[turn["from"]], "content": turn["value"]} for turn in turns]
@@ -134,7 +129,7 @@ class ConversationEncoder:
     def encode(self, turns: list[dict]) -> tuple[list[int], list[int]]:
         if self.stage == "pretrain":
             return self._plain(turns)
-        if (self.processor.chat_template or self.tokenizer.chat_template) is None:
+        if self.processor.template is None:
             raise ValueError("finetune formats conversations with the LLM's chat template, and its tokenizer has none")
         return self._chat(turns)
 

@@ -1,25 +1,25 @@
-"""A fine-detail task where DeepStack's claim can be checked on a CPU (issue 4, DEEPSTACK.md).
+"""The fine-detail task: a question only the hi-res view answers, beside questions the global view answers.
 
-Each 64x64 image has a large shape (coarse: its colour and its kind survive downsampling) filled with a 1 px
-pattern of its colour and a darker shade (fine: horizontal lines, vertical lines or a checkerboard, which all
-average to the same flat colour at the 32 px global view), and a white tag on the shape with one grey digit
-in Pillow's bundled font (fine: 5x6 px at 64 px, 2.5x3 px at 32 px; a black digit stayed mostly legible at 32 px,
-the grey one blurs into the tag there, which the image-only probe checks). The fine details sit
+Each 64x64 image has a large shape (coarse questions: its colour and its kind survive downsampling) filled
+with a 1 px pattern of its colour and a darker shade (fine: horizontal lines, vertical lines or a
+checkerboard, which all average to the same flat colour at the 32 px global view), and a white tag on the
+shape with one grey digit in Pillow's bundled font (fine: 5x6 px at 64 px, 2.5x3 px at 32 px, where the grey
+glyph blurs into the tag; ``probe_legibility`` checks how readable it is at each size). The fine details sit
 where the coarse questions already make the model look, and the tag is one patch of the hi-res grid.
-Questions come in two kinds: *fine* (the digit, the pattern) and *coarse* (colour, shape). Data is written
-in LLaVA format: ``images/``, ``train.json`` (multi-turn, every question of an image), and ``val.json`` /
-``test.json`` (one question per record, with a ``kind`` field).
+Data is written in LLaVA format: ``images/``, ``train.json`` (multi-turn, every question of an image), and
+``val.json`` / ``test.json`` (one question per record, with ``kind`` (fine / coarse) and ``question`` fields).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from ...model.processing import load_image
 
 CANVAS = 64
 COLOURS = {
@@ -135,12 +135,6 @@ def make_data(out: str | Path, seed: int = 0, sizes: dict[str, int] | None = Non
     return dict(sizes)
 
 
-def normalise(text: str) -> str:
-    """Exact-match normalisation (VQA style): lower case, no punctuation or articles, single spaces."""
-    text = re.sub(r"[^\w\s]", " ", text.lower())
-    return " ".join(word for word in text.split() if word not in ("a", "an", "the"))
-
-
 def probe_legibility(data: str | Path, global_size: int = 32, hires_scale: int = 2, epochs: int = 12,
                      seed: int = 0) -> dict[str, float]:
     """How readable the fine detail is from the pixels alone, at the global view's size and at the hi-res
@@ -156,7 +150,7 @@ def probe_legibility(data: str | Path, global_size: int = 32, hires_scale: int =
         records = [r for r in json.loads((data / f"{split}.json").read_text()) if r.get("question", "digit") == "digit"]
         pixels, labels = [], []
         for record in records:
-            image = Image.open(data / "images" / record["image"]).convert("RGB")
+            image = load_image(data / "images" / record["image"]).convert("RGB")
             pixels.append(np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255)
             answer = record["conversations"][1]["value"] if split != "train" else next(
                 t["value"] for i, t in enumerate(record["conversations"][1:], 1)

@@ -1,4 +1,4 @@
-"""`deepstack lab`: the paper's ablations in miniature, on the fine-detail task (issue 4).
+"""`deepstack lab`: the paper's ablations in miniature, on the fine-detail task.
 
 Every arm is a model trained from scratch with the demo's recipe (same data, budget and tiny parts), for
 several seeds; the report gives mean ± std over the seeds and checks the paper's claims against them:
@@ -28,8 +28,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..model.configuration import DeepStackConfig
-from .demo import FULL, Recipe, train_and_evaluate
-from .finedetail import ANSWERS, QUESTIONS, TASK_VERSION, make_data
+from .recipe import FULL, Recipe, train_and_evaluate
+from .tasks.finedetail import ANSWERS, QUESTIONS, TASK_VERSION, make_data
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ...model.builder import build_model, load_pretrained
+from ..model.builder import build_model, load_pretrained
 from .config import ModelSection, TrainConfig, config_to_dict
 from .data import Collator, LlavaDataset, Problem, mix, validate
 from .report import plot_loss

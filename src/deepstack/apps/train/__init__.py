@@ -1,1 +1,0 @@
-"""Training: the two-stage LLaVA recipe (DEEPSTACK.md, "Training recipe") on accelerate."""

@@ -6,7 +6,9 @@ import pytest
 from PIL import Image
 
 import deepstack
+from deepstack import load_pretrained
 from deepstack.cli import main
+from deepstack.model.processing import load_image
 
 SAMPLE = Path(deepstack.__file__).parent / "assets" / "sample.png"
 
@@ -18,10 +20,17 @@ def model_dir(tmp_path_factory):
     return out
 
 
-def test_build_then_generate_prints_an_answer(model_dir, capsys):
+def test_build_then_generate_prints_the_greedy_answer(model_dir, capsys):
     capsys.readouterr()
     assert main(["generate", "--model", str(model_dir), "--image", str(SAMPLE), "--max-new-tokens", "4", "what?"]) == 0
-    assert capsys.readouterr().out.strip()
+    printed = capsys.readouterr().out.strip()
+    # the same question as one user turn of the chat template, greedy, 4 new tokens
+    model, processor = load_pretrained(model_dir)
+    inputs = processor(images=load_image(SAMPLE), text="<image>\nwhat?", use_chat_template=True)
+    output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    expected = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    assert printed == expected
+    assert output.shape[1] - inputs["input_ids"].shape[1] == 4  # the untrained model runs to the token limit
 
 
 def test_missing_model_dir(tmp_path, capsys):

@@ -88,3 +88,10 @@ def test_context_and_visual_tokens_per_mode_follow_the_table_of_modes(mode, cont
 
 def test_fewer_injected_stacks_see_fewer_visual_tokens():
     assert config(num_stack_layers=2).num_visual_tokens_seen == 48
+
+
+def test_every_mode_has_its_vision_code():
+    from deepstack import DeepStackForConditionalGeneration
+    from deepstack.model.modes import STACK_MODES
+
+    assert set(DeepStackForConditionalGeneration.VISION_SIDE) == set(STACK_MODES)

@@ -9,7 +9,6 @@ from PIL import Image
 
 from deepstack.cli import main
 from deepstack.research.tasks.finedetail import CANVAS, PATTERNS, SHAPES, Scene, draw_scene, make_data
-from deepstack.eval.metrics import normalise
 
 
 def test_make_data_is_deterministic_and_in_llava_format(tmp_path):
@@ -60,10 +59,6 @@ def test_the_digit_fills_one_hires_patch(tmp_path):
         assert top % 16 == 0 and left % 16 == 0 and (white.max(axis=0) - [top, left] <= 7).all()  # stack 0
         tag = grey[top : top + 8, left : left + 8]
         assert (tag < 200).sum() >= 6, "the digit is drawn on the tag"
-
-
-def test_normalise():
-    assert normalise("  The Circle. ") == "circle" and normalise("7!") == "7"
 
 
 def test_quick_demo_completes_with_sane_results(tmp_path, capsys):

@@ -69,3 +69,12 @@ def test_bad_build_setting(tmp_path, capsys):
     assert main(["build", "--mode", "llm", "--start-layer", "7", "--out", str(tmp_path / "m")]) == 2
     assert "stack_start_layer=7" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_prompt_longer_than_the_context_is_refused_with_the_counts(model_dir, capsys):
+    # the tiny LLM has 2048 positions: 3000 characters of byte-level text do not fit, 400 do
+    assert main(["generate", "--model", str(model_dir), "--image", str(SAMPLE), "--max-new-tokens", "2",
+                 "x" * 3000]) == 2
+    err = capsys.readouterr().err
+    assert "has 2048 positions" in err and "16 per image" in err and "and the answer up to 2 more" in err
+    assert main(["generate", "--model", str(model_dir), "--image", str(SAMPLE), "--max-new-tokens", "2", "x" * 400]) == 0

@@ -97,3 +97,22 @@ def test_image_token_is_added_to_a_tokenizer_that_lacks_it():
     assert tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id == len(tokenizer) - 1
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)
     assert tokenizer("a<image>b")["input_ids"].count(model.config.image_token_id) == 1
+
+
+def test_an_empty_image_is_refused():
+    _, processor = tiny("llm")
+    with pytest.raises(ValueError, match="0x5 pixels has nothing to see"):
+        processor(images=Image.new("RGB", (0, 5)), text="<image>\nq")
+
+
+def test_a_symlink_loop_is_named(tmp_path):
+    from deepstack.model.processing import load_image
+
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(ValueError, match="loop.png: a symlink loop"):
+        load_image(loop)
+    dangling = tmp_path / "dangling.png"
+    dangling.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(ValueError, match="dangling.png: a broken symlink"):
+        load_image(dangling)

@@ -22,7 +22,20 @@ def answer(
     LLM's chat template when it has one; the batch is left-padded."""
     prompts = [f"{processor.image_token}\n{question}" for question in questions]
     inputs = processor(images=images, text=prompts, use_chat_template=processor.template is not None, padding_side="left")
+    check_context(model, inputs["input_ids"].shape[1], max_new_tokens)
     inputs = inputs.to(model.device)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def check_context(model: DeepStackForConditionalGeneration, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse a prompt (text and image tokens) that, with the answer, is longer than the LLM's positions."""
+    context = getattr(model.config.text_config, "max_position_embeddings", None)
+    if context is not None and prompt_tokens + max_new_tokens > context:
+        image_tokens = model.config.image_seq_length
+        raise ValueError(
+            f"the prompt takes {prompt_tokens} tokens ({image_tokens} per image) and the answer up to "
+            f"{max_new_tokens} more, but the model has {context} positions (text_config.max_position_embeddings); "
+            "shorten the question or lower max_new_tokens"
+        )

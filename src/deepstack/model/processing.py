@@ -9,6 +9,7 @@ hi-res view and ``(images, 1, 3, H, W)`` otherwise.
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from pathlib import Path
@@ -29,6 +30,13 @@ MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000; larger files are refused as possib
 def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open an image file fully, or raise ``ValueError`` saying what is wrong with which file."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        try:
+            path.resolve(strict=True)
+        except (RuntimeError, OSError) as error:
+            if isinstance(error, RuntimeError) or error.errno == errno.ELOOP:  # Python < 3.13 / >= 3.13
+                raise ValueError(f"{path}: a symlink loop (the link points back to itself); fix the link") from None
+        raise ValueError(f"{path}: a broken symlink (its target does not exist)")
     if not path.is_file():
         raise ValueError(f"{path}: no such image file")
     previous = Image.MAX_IMAGE_PIXELS
@@ -149,6 +157,8 @@ class DeepStackProcessor(ProcessorMixin):
         """``(views, 3, size, size)``: the global view, then the hi-res crops row-major when the mode uses them."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"DeepStackProcessor expects PIL images, got {type(image).__name__}")
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"an image of {image.width}x{image.height} pixels has nothing to see; give a non-empty image")
         fill = tuple(int(round(255 * m)) for m in self.image_processor.image_mean)
         square = pad_to_square(to_rgb(image, fill), fill)
         size = self.image_size

@@ -170,6 +170,36 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(config, ["--optim.global_batch_size=10"])
 
 
+def test_a_value_that_cannot_work_is_refused_naming_the_key(tmp_path):
+    config = write_config(tmp_path, write_dataset(tmp_path, 8))
+    with pytest.raises(ValueError, match=r"optim\.warmup_ratio=2: input should be less than or equal to 1"):
+        load_config(config, ["--optim.warmup_ratio=2"])
+    with pytest.raises(ValueError, match=r"optim\.micro_batch_size=0: .*greater than or equal to 1"):
+        load_config(config, ["--optim.micro_batch_size=0"])
+    with pytest.raises(ValueError, match=r"optim\.lr='fast': input should be a valid number"):
+        load_config(config, ["--optim.lr=fast"])
+    with pytest.raises(ValueError) as error:  # every problem at once, each on its own line
+        load_config(config, ["--stage=train", "--output.report_to=[tensorboard, mlflow]"])
+    assert "stage='train': input should be 'pretrain' or 'finetune'" in str(error.value)
+    assert "output.report_to[1]='mlflow': input should be 'tensorboard' or 'wandb'" in str(error.value)
+
+
+def test_an_unknown_nested_key_is_refused_with_its_dotted_path(tmp_path):
+    config = write_config(tmp_path, write_dataset(tmp_path, 8), model={"lora": {"r": 4, "rank": 8}})
+    with pytest.raises(ValueError, match=r"model\.lora: unknown key\(s\) rank \(model\.lora\.rank=8\)") as error:
+        load_config(config)
+    assert "known keys are r, alpha, dropout, target_modules" in str(error.value)
+
+
+def test_yaml_exponent_without_a_dot_reads_as_a_float(tmp_path):
+    config = write_config(tmp_path, write_dataset(tmp_path, 8), optim={"lr": 0.5})
+    config.write_text(config.read_text().replace("lr: 0.5", "lr: 2e-5"))
+    assert yaml.safe_load(config.read_text())["optim"]["lr"] == "2e-5"  # YAML 1.1 wants a dot in a float
+    loaded = load_config(config, ["--optim.vision_lr=1e-6"])
+    assert loaded.optim.lr == 2e-05 and isinstance(loaded.optim.lr, float)
+    assert loaded.optim.vision_lr == 1e-06 and isinstance(loaded.optim.vision_lr, float)
+
+
 def _run(args, env_extra=None, **kwargs):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), **(env_extra or {})}
     return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)

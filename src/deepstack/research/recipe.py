@@ -72,7 +72,9 @@ def run_config(init: Path, data: Path, out: Path, seed: int, recipe: Recipe, tin
     return TrainConfig(
         stage="finetune",
         model=ModelSection(init_from=str(init), train_vision=True),
-        data=DataSection(sources=[DataSource(str(data / "train.json"), str(data / "images"))], num_workers=1),
+        data=DataSection(
+            sources=[DataSource(path=str(data / "train.json"), image_folder=str(data / "images"))], num_workers=1
+        ),
         optim=OptimSection(
             global_batch_size=recipe.batch_size,
             micro_batch_size=recipe.batch_size if tiny else 8,

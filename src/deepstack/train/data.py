@@ -38,8 +38,6 @@ class Problem:
 class Item:
     """A valid record with what the loader needs: its encoded tokens and its image paths."""
 
-    source: int
-    location: str
     input_ids: list[int]
     labels: list[int]
     images: list[str]
@@ -167,7 +165,7 @@ def _check_record(record, source: DataSource, encoder: ConversationEncoder) -> t
         input_ids, labels = input_ids[:limit], labels[:limit]
         if all(label == IGNORE_INDEX for label in labels):
             return None, f"no answer token within max_length={limit}"
-    return Item(-1, "", input_ids, labels, paths), None
+    return Item(input_ids, labels, paths), None
 
 
 def validate(
@@ -177,7 +175,7 @@ def validate(
     encoder = ConversationEncoder(processor, stage, max_length)
     items: list[list[Item]] = []
     problems: list[Problem] = []
-    for index, source in enumerate(sources):
+    for source in sources:
         valid = []
         for location, record in read_records(source):
             if isinstance(record, Problem):
@@ -188,7 +186,7 @@ def validate(
                 record_id = record.get("id") if isinstance(record, dict) else None
                 problems.append(Problem(source.path, location, None if record_id is None else str(record_id), reason))
             else:
-                valid.append(Item(index, location, item.input_ids, item.labels, item.images))
+                valid.append(item)
         items.append(valid)
     return items, problems
 

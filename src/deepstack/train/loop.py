@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,11 +25,12 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from ..model.builder import build_model, load_pretrained
-from .config import ModelSection, TrainConfig, config_to_dict
-from .data import Collator, LlavaDataset, Problem, mix, validate
+from ..utils.device import bf16_available
+from .checkpoint import remove_partial, resume_step, save_checkpoint, truncate_metrics
+from .config import ModelSection, OptimSection, TrainConfig, config_to_dict
+from .data import IGNORE_INDEX, Collator, LlavaDataset, Problem, mix, validate
 from .report import plot_loss
 
-CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 
 
@@ -81,12 +80,59 @@ class TrainResult:
     steps: int
     final_loss: float | None
     seconds: float
-    skipped_records: int
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The run's length in optimizer steps, and how each step's global batch is split."""
+
+    total: int  # optimizer steps of the whole run
+    per_epoch: int  # global batches in one pass over the data
+    accumulation: int  # micro-batches each process runs per optimizer step
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """One stage of the recipe, from its config to the trained model in ``config.output.dir``."""
+    started = time.time()
+    accelerator = setup_accelerator(config)
+    set_seed(config.optim.seed)  # before the model: its new parts (projector, LoRA) start from the seed
+    model, processor = setup_model(config)
+    dataset, skipped = setup_data(config, processor, accelerator)
+    plan = plan_steps(config.optim, len(dataset), accelerator.num_processes)
+    optimizer, scheduler = setup_optimizer(model, config.optim, plan.total)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    start_step = resume_step(accelerator, Path(config.output.dir)) if resume else 0
+    prepare_output(config, accelerator, start_step)
+    loader = setup_loader(config, dataset, processor, accelerator, start_step, plan.total)
+    loss = run_steps(config, accelerator, model, optimizer, scheduler, processor, loader, plan, start_step)
+    return finish(config, accelerator, model, processor, plan.total, loss, started, skipped)
+
+
+def setup_accelerator(config: TrainConfig) -> Accelerator:
+    """accelerate for this launch (one process, or several under ``accelerate launch`` / torchrun)."""
+    optim = config.optim
+    for tracker in config.output.report_to:
+        if importlib.util.find_spec(tracker) is None:
+            raise ValueError(f"output.report_to lists {tracker}, which is not installed: pip install {tracker}")
+    accelerator = Accelerator(
+        cpu=torch.accelerator.current_accelerator() is None,  # lets torchrun's processes use gloo on a CPU machine
+        mixed_precision=_precision(optim.precision),
+        log_with=config.output.report_to or None,
+        project_dir=str(Path(config.output.dir)),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # text-only batches
+    )
+    if optim.global_batch_size % (optim.micro_batch_size * accelerator.num_processes):
+        raise ValueError(
+            f"optim.global_batch_size={optim.global_batch_size} is not a multiple of micro_batch_size "
+            f"{optim.micro_batch_size} x {accelerator.num_processes} process(es)"
+        )
+    return accelerator
 
 
 def _precision(name: str) -> str:
     if name == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if torch.cuda.is_available() and bf16_available(torch.device("cuda")) else "no"
     return {"fp32": "no"}.get(name, name)
 
 
@@ -101,7 +147,9 @@ def load_base_model(section: ModelSection):
     )
 
 
-def _make_model(config: TrainConfig):
+def setup_model(config: TrainConfig):
+    """The starting model with the stage's parts trainable: pretrain the projector; finetune the LLM too,
+    in full or through LoRA adapters; the vision encoder when ``model.train_vision``."""
     section = config.model
     model, processor = load_base_model(section)
     finetune = config.stage == "finetune"
@@ -119,7 +167,36 @@ def _make_model(config: TrainConfig):
     return model, processor
 
 
-def _optimizer(model, optim):
+def setup_data(config: TrainConfig, processor, accelerator: Accelerator) -> tuple[LlavaDataset, int]:
+    """The sources' valid records, mixed by weight, and how many invalid ones were skipped. Invalid records
+    stop the run before step 1, unless ``data.skip_invalid``: then they are listed in invalid_records.jsonl."""
+    data, output_dir = config.data, Path(config.output.dir)
+    items, problems = validate(data.sources, processor, config.stage, data.max_length)
+    if problems and not data.skip_invalid:
+        raise DataError(problems)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if problems and accelerator.is_main_process:
+        with open(output_dir / "invalid_records.jsonl", "w") as log:
+            for problem in problems:
+                log.write(json.dumps(problem.__dict__) + "\n")
+        print(f"skipped {len(problems)} invalid record(s); the list is in {output_dir / 'invalid_records.jsonl'}")
+    return LlavaDataset(mix(items, data.sources, config.optim.seed), processor), len(problems)
+
+
+def plan_steps(optim: OptimSection, dataset_size: int, world: int) -> StepPlan:
+    """``optim.max_steps``, else ``optim.epochs`` passes over the data; a partial last global batch is dropped."""
+    steps_per_epoch = dataset_size // optim.global_batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{dataset_size} valid record(s), fewer than one global batch (optim.global_batch_size="
+            f"{optim.global_batch_size})"
+        )
+    total = optim.max_steps or math.ceil(optim.epochs * steps_per_epoch)
+    return StepPlan(total, steps_per_epoch, optim.global_batch_size // (optim.micro_batch_size * world))
+
+
+def setup_optimizer(model, optim: OptimSection, total_steps: int):
+    """AdamW over the trainable parameters (the vision encoder at its own lr) and a cosine schedule."""
     groups: dict[tuple[float, float], list] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -129,174 +206,125 @@ def _optimizer(model, optim):
         groups.setdefault((lr, decay), []).append(parameter)
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen")
-    return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()])
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    folder = output_dir / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    done = [p for p in folder.iterdir() if p.name.startswith("step-") and (p / "trainer_state.json").is_file()]
-    return sorted(done, key=lambda p: int(p.name.removeprefix("step-")))
-
-
-def _save_checkpoint(accelerator, processor, output_dir: Path, step: int, keep_last: int) -> None:
-    """Written to a temporary folder and renamed into place: a kill at any moment leaves either the old
-    set of checkpoints or the new one, never a half-written checkpoint that looks complete."""
-    folder = output_dir / CHECKPOINTS
-    final, temporary = folder / f"step-{step:08d}", folder / f".step-{step:08d}.tmp"
-    if accelerator.is_main_process and temporary.exists():
-        shutil.rmtree(temporary)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    if accelerator.is_main_process:
-        processor.save_pretrained(temporary / "processor")
-        (temporary / "trainer_state.json").write_text(json.dumps({"step": step}))
-        os.replace(temporary, final)
-        for old in _checkpoints(output_dir)[:-keep_last]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the log lines of steps after ``step``: the resumed run writes them again."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
-
-
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    started = time.time()
-    optim, output_dir = config.optim, Path(config.output.dir)
-    for tracker in config.output.report_to:
-        if importlib.util.find_spec(tracker) is None:
-            raise ValueError(f"output.report_to lists {tracker}, which is not installed: pip install {tracker}")
-    accelerator = Accelerator(
-        cpu=torch.accelerator.current_accelerator() is None,  # lets torchrun's processes use gloo on a CPU machine
-        mixed_precision=_precision(optim.precision),
-        log_with=config.output.report_to or None,
-        project_dir=str(output_dir),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # text-only batches
-    )
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_step = optim.micro_batch_size * world
-    if optim.global_batch_size % per_step:
-        raise ValueError(
-            f"optim.global_batch_size={optim.global_batch_size} is not a multiple of micro_batch_size "
-            f"{optim.micro_batch_size} x {world} process(es)"
-        )
-    accumulation = optim.global_batch_size // per_step
-    set_seed(optim.seed)
-
-    model, processor = _make_model(config)
-    items, problems = validate(config.data.sources, processor, config.stage, config.data.max_length)
-    if problems and not config.data.skip_invalid:
-        raise DataError(problems)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if problems and accelerator.is_main_process:
-        with open(output_dir / "invalid_records.jsonl", "w") as log:
-            for problem in problems:
-                log.write(json.dumps(problem.__dict__) + "\n")
-        print(f"skipped {len(problems)} invalid record(s); the list is in {output_dir / 'invalid_records.jsonl'}")
-    dataset = LlavaDataset(mix(items, config.data.sources, optim.seed), processor)
-    steps_per_epoch = len(dataset) // optim.global_batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(dataset)} valid record(s), fewer than one global batch (optim.global_batch_size="
-            f"{optim.global_batch_size})"
-        )
-    total_steps = optim.max_steps or math.ceil(optim.epochs * steps_per_epoch)
-
-    optimizer = _optimizer(model, optim)
+    optimizer = torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()])
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(optim.warmup_ratio * total_steps), total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    return optimizer, scheduler
 
-    start_step = 0
-    if resume and (checkpoints := _checkpoints(output_dir)):
-        accelerator.load_state(str(checkpoints[-1]))
-        start_step = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["step"]
+
+def prepare_output(config: TrainConfig, accelerator: Accelerator, start_step: int) -> None:
+    """The output folder of a run that starts, or resumes, at ``start_step``: the metrics log cut back to
+    it, the config saved beside the model, interrupted saves removed, trackers started."""
+    output_dir = Path(config.output.dir)
     metrics_path = output_dir / METRICS
     if accelerator.is_main_process:
         if start_step:
-            _truncate_metrics(metrics_path, start_step)
+            truncate_metrics(metrics_path, start_step)
         else:
             metrics_path.unlink(missing_ok=True)
         (output_dir / "train_config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-        for stale in (output_dir / CHECKPOINTS).glob(".step-*.tmp"):
-            shutil.rmtree(stale)
+        remove_partial(output_dir)
     if config.output.report_to:
         accelerator.init_trackers("deepstack", config=_flat(config_to_dict(config)))
 
+
+def setup_loader(config: TrainConfig, dataset, processor, accelerator, start_step: int, total_steps: int):
+    """This process's micro-batches for steps ``start_step .. total_steps - 1`` (see GlobalBatchSampler)."""
+    optim = config.optim
     sampler = GlobalBatchSampler(
-        len(dataset), optim.global_batch_size, optim.micro_batch_size, world, rank, optim.seed, start_step, total_steps
+        len(dataset), optim.global_batch_size, optim.micro_batch_size, accelerator.num_processes,
+        accelerator.process_index, optim.seed, start_step, total_steps,
     )
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=Collator(processor.tokenizer.pad_token_id or 0),
         num_workers=config.data.num_workers,
         persistent_workers=False,
     )
+
+
+def run_steps(config, accelerator, model, optimizer, scheduler, processor, loader, plan: StepPlan, start_step: int):
+    """Optimizer steps ``start_step .. plan.total - 1``, logged every ``output.log_every`` and checkpointed
+    every ``output.save_every``; the last step's loss (None when no step was left to run)."""
+    output = config.output
     batches = iter(loader)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     progress = tqdm(
-        total=total_steps, initial=start_step, disable=not accelerator.is_main_process, desc=config.stage, unit="step"
+        total=plan.total, initial=start_step, disable=not accelerator.is_main_process, desc=config.stage, unit="step"
     )
-    loss_value, window_start = None, time.time()
-    for step in range(start_step, total_steps):
-        micro_batches = [next(batches) for _ in range(accumulation)]
-        answer_tokens = sum((batch["labels"][:, 1:] != -100).sum() for batch in micro_batches)
-        answer_tokens = accelerator.reduce(answer_tokens.to(accelerator.device), "sum").clamp(min=1)
-        step_loss = torch.zeros((), device=accelerator.device)
-        for index, batch in enumerate(micro_batches):
-            batch = {key: value.to(accelerator.device) for key, value in batch.items()}
-            sync = index == accumulation - 1
-            with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                loss = model(**batch, num_items_in_batch=answer_tokens).loss
-            accelerator.backward(loss * world)  # DDP averages gradients over processes; we want their sum
-            step_loss += loss.detach()
-        grad_norm = accelerator.clip_grad_norm_(trainable, optim.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = accelerator.reduce(step_loss, "sum").item()
-
+    loss, window_start = None, time.time()
+    for step in range(start_step, plan.total):
+        micro_batches = [next(batches) for _ in range(plan.accumulation)]
+        loss, grad_norm = train_step(accelerator, model, optimizer, scheduler, micro_batches, trainable,
+                                     config.optim.max_grad_norm)
         done = step + 1
-        if done % config.output.log_every == 0 or done == total_steps:
+        if done % output.log_every == 0 or done == plan.total:
             elapsed = time.time() - window_start
-            samples = config.output.log_every * optim.global_batch_size
             metrics = {
                 "step": done,
-                "epoch": round(done / steps_per_epoch, 4),
-                "loss": loss_value,
+                "epoch": round(done / plan.per_epoch, 4),
+                "loss": loss,
                 "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "samples_per_s": round(samples / max(elapsed, 1e-9), 2),
+                "grad_norm": grad_norm,
+                "samples_per_s": round(output.log_every * config.optim.global_batch_size / max(elapsed, 1e-9), 2),
             }
             window_start = time.time()
-            if accelerator.is_main_process:
-                with open(metrics_path, "a") as log:
-                    log.write(json.dumps(metrics) + "\n")
-                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{metrics['lr']:.2e}", sps=metrics["samples_per_s"])
-            if config.output.report_to:
-                accelerator.log(metrics, step=done)
+            log_metrics(config, accelerator, metrics, progress)
         progress.update(1)
-        if done % config.output.save_every == 0 and done != total_steps:
-            _save_checkpoint(accelerator, processor, output_dir, done, config.output.keep_last)
+        if done % output.save_every == 0 and done != plan.total:  # the final save is finish's
+            save_checkpoint(accelerator, processor, Path(output.dir), done, output.keep_last)
     progress.close()
+    return loss
 
-    _save_checkpoint(accelerator, processor, output_dir, total_steps, config.output.keep_last)
+
+def train_step(accelerator, model, optimizer, scheduler, micro_batches, trainable, max_grad_norm: float):
+    """One optimizer step on one global batch; its loss and the gradient norm before clipping.
+
+    Each micro-batch's loss is a sum over its answer tokens divided by the global batch's answer-token count
+    (``num_items_in_batch``), so the micro-batches' losses add up to the global batch's mean.
+    """
+    world = accelerator.num_processes
+    answer_tokens = sum((batch["labels"][:, 1:] != IGNORE_INDEX).sum() for batch in micro_batches)
+    answer_tokens = accelerator.reduce(answer_tokens.to(accelerator.device), "sum").clamp(min=1)
+    step_loss = torch.zeros((), device=accelerator.device)
+    for index, batch in enumerate(micro_batches):
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        sync = index == len(micro_batches) - 1  # gradients cross processes once, after the last micro-batch
+        with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+            loss = model(**batch, num_items_in_batch=answer_tokens).loss
+        accelerator.backward(loss * world)  # DDP averages gradients over processes; we want their sum
+        step_loss += loss.detach()
+    grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return accelerator.reduce(step_loss, "sum").item(), float(grad_norm)
+
+
+def log_metrics(config: TrainConfig, accelerator: Accelerator, metrics: dict, progress) -> None:
+    """A line of metrics.jsonl, the progress bar's numbers and the trackers' point."""
+    if accelerator.is_main_process:
+        with open(Path(config.output.dir) / METRICS, "a") as log:
+            log.write(json.dumps(metrics) + "\n")
+        progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", sps=metrics["samples_per_s"])
+    if config.output.report_to:
+        accelerator.log(metrics, step=metrics["step"])
+
+
+def finish(config, accelerator, model, processor, total_steps: int, loss, started: float, skipped: int):
+    """The last checkpoint, the model in the output folder, the loss curve and summary.json."""
+    output_dir = Path(config.output.dir)
+    save_checkpoint(accelerator, processor, output_dir, total_steps, config.output.keep_last)
     _save_final(accelerator, model, processor, output_dir)
     accelerator.end_training()
     seconds = time.time() - started
     if accelerator.is_main_process:
-        plot_loss(metrics_path, output_dir / "loss.png")
-        summary = {"steps": total_steps, "seconds": round(seconds, 1), "final_loss": loss_value,
-                   "model": str(output_dir), "skipped_records": len(problems)}
+        plot_loss(output_dir / METRICS, output_dir / "loss.png")
+        summary = {"steps": total_steps, "seconds": round(seconds, 1), "final_loss": loss,
+                   "model": str(output_dir), "skipped_records": skipped}
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return TrainResult(output_dir, total_steps, loss_value, seconds, len(problems))
+    return TrainResult(output_dir, total_steps, loss, seconds)
 
 
 def _save_final(accelerator, model, processor, output_dir: Path) -> None:

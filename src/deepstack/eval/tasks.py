@@ -1,0 +1,452 @@
+"""Benchmarks: each one's released annotation files, read from a local folder into uniform ``Item``s.
+
+One loader per release format (TextVQA, DocVQA, ChartQA, POPE) and two generic ones (multiple choice, LLaVA
+question files); ``TASKS`` maps a task name to its loader and metric, and ``score`` scores one answer to one
+item by the item's metric (``deepstack.eval.metrics``). Every record that cannot be used (a missing or corrupt
+image, a missing field, no gold answer, a line that is not JSON, a repeated question id) becomes a ``Problem``
+naming the file, the record or line and the reason, and is skipped; loading never stops half-way. A file that
+is missing or not JSON at all is an error at once.
+
+Prompts end with the instruction the LLaVA-1.5 evaluation appended (Liu et al. 2024, "Improved Baselines
+with Visual Instruction Tuning"): ``SHORT_ANSWER`` for open questions (its TextVQA and POPE files, and the
+lmms-eval default for DocVQA and ChartQA, which LLaVA-1.5 did not report), ``CHOICE_ANSWER`` for multiple choice
+(its MMBench, SEED-Bench and ScienceQA files).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..model.processing import DEFAULT_IMAGE_TOKEN, load_image
+from .metrics import anls, choice_accuracy, exact_match, relaxed_accuracy, vqa_accuracy, yes_no_accuracy
+
+SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
+CHOICE_ANSWER = "\nAnswer with the option's letter from the given choices directly."
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One question of a benchmark, whatever its release format.
+
+    ``prompt`` is the text given to the model (question plus instruction, no image placeholder); ``answers``
+    the gold answers (the option letter for multiple choice); ``metric`` a key of ``SCORES``; ``options`` the
+    option texts in letter order A, B, ... for multiple choice.
+    """
+
+    question_id: str
+    image: Path
+    prompt: str
+    answers: tuple[str, ...]
+    metric: str
+    category: str | None = None
+    options: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why one record was skipped. ``place`` is ``"record N"`` (0-based, in a JSON list) or ``"line N"``
+    (1-based, in a JSON lines file)."""
+
+    file: Path
+    place: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}, {self.place}: {self.reason}"
+
+
+@dataclass
+class Loaded:
+    """The usable items of a benchmark and the records skipped, one ``Problem`` each."""
+
+    items: list[Item] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.problems)
+
+    def summary(self, shown: int = 10) -> str:
+        """``"5000 items, 2 skipped:"`` and the first ``shown`` problems, one a line."""
+        lines = [f"{len(self.items)} items, {self.skipped} skipped" + (":" if self.problems else "")]
+        lines += [f"  {problem}" for problem in self.problems[:shown]]
+        if self.skipped > shown:
+            lines.append(f"  ... and {self.skipped - shown} more")
+        return "\n".join(lines)
+
+
+# --- Reading records ----------------------------------------------------------------------------------------
+
+
+class _Unusable(Exception):
+    """A record that cannot become an item; the message says why."""
+
+
+def _read_records(file: Path) -> tuple[list[tuple[str, object]], list[Problem]]:
+    """``(place, record)`` pairs from a JSON list, an object with a ``"data"`` list, or JSON lines; lines
+    that are not JSON come back as problems."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{file}: not UTF-8 text ({error}); is it the annotation file?") from None
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        if file.suffix != ".jsonl" and not _looks_like_json_lines([line for _, line in lines[:5]]):
+            raise ValueError(
+                f"{file}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}) and not JSON "
+                "lines either; re-download or repair the file"
+            ) from None
+    else:
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if isinstance(data, list):
+            return [(f"record {index}", record) for index, record in enumerate(data)], []
+        if len(lines) != 1:
+            raise ValueError(
+                f'{file}: a JSON {type(data).__name__}, not a list of records, an object with a "data" list, '
+                "or JSON lines"
+            )
+    records, problems = [], []
+    for number, line in lines:
+        try:
+            records.append((f"line {number}", json.loads(line)))
+        except json.JSONDecodeError as error:
+            problems.append(Problem(file, f"line {number}", f"not valid JSON ({error.msg}, column {error.colno})"))
+    return records, problems
+
+
+def _looks_like_json_lines(first_lines: list[str]) -> bool:
+    """One of the first lines is a JSON object on its own (a broken JSON list starts with ``[``)."""
+    if not first_lines or first_lines[0].lstrip().startswith("["):
+        return False
+    for line in first_lines:
+        try:
+            if isinstance(json.loads(line), dict):
+                return True
+        except json.JSONDecodeError:
+            continue
+    return False
+
+
+def _value(record: dict, *names: str) -> object:
+    """The first of ``names`` the record has (not null); the first name is the one a problem reports."""
+    for name in names:
+        if record.get(name) is not None:
+            return record[name]
+    raise _Unusable(f"missing field '{names[0]}'" + (f" (or {', '.join(map(repr, names[1:]))})" if names[1:] else ""))
+
+
+def _text(record: dict, *names: str) -> str:
+    """A non-empty string field; numbers (question ids) are written as strings."""
+    value = _value(record, *names)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _Unusable(f"field '{names[0]}' is a {type(value).__name__}, not a string")
+    if not str(value).strip():
+        raise _Unusable(f"field '{names[0]}' is empty")
+    return str(value)
+
+
+def _answers(record: dict, name: str) -> tuple[str, ...]:
+    """Gold answers: a list of strings (or one string or number); at least one non-empty."""
+    value = record.get(name)
+    values = value if isinstance(value, list) else [] if value is None else [value]
+    answers = tuple(str(answer) for answer in values if isinstance(answer, (str, int, float)) and str(answer).strip())
+    if not answers:
+        raise _Unusable(f"no gold answer (field '{name}' is {'missing' if value is None else repr(value)})")
+    return answers
+
+
+class _ImageCheck:
+    """Checks each image once: fully decoded by ``load_image`` with ``verify``, else that the file exists
+    (a corrupt file then fails where it is used, with ``load_image``'s message)."""
+
+    def __init__(self, verify: bool):
+        self.verify, self.reasons = verify, {}
+
+    def __call__(self, path: Path) -> Path:
+        if path not in self.reasons:
+            try:
+                if self.verify:
+                    load_image(path)
+                elif not path.is_file():
+                    raise ValueError(f"{path}: no such image file")
+                self.reasons[path] = None
+            except ValueError as error:
+                self.reasons[path] = str(error)
+        if self.reasons[path]:
+            raise _Unusable(self.reasons[path])
+        return path
+
+
+Build = Callable[[dict, Path, int], Item]  # (record, its file, its index in the file) -> Item, or _Unusable
+
+
+def _load(files: Iterable[Path], build: Build, limit: int | None) -> Loaded:
+    """Every record of every file through ``build``; unusable ones become problems; stops at ``limit`` items."""
+    files = list(files)
+    missing = [str(file) for file in files if not file.is_file()]
+    if missing:  # before reading any, so a missing second file does not stop the loading half-way
+        raise FileNotFoundError(f"{', '.join(missing)}: no such annotation file; check the folder and the file name")
+    loaded, seen = Loaded(), set()
+    for file in files:
+        records, unreadable = _read_records(file)
+        loaded.problems += unreadable
+        for index, (place, record) in enumerate(records):
+            if limit is not None and len(loaded.items) >= limit:
+                return loaded
+            try:
+                if not isinstance(record, dict):
+                    raise _Unusable(f"not a JSON object but a {type(record).__name__}")
+                item = build(record, file, index)
+                if item.question_id in seen:
+                    raise _Unusable(f"question id {item.question_id!r} repeats an earlier one")
+            except _Unusable as reason:
+                loaded.problems.append(Problem(file, place, str(reason)))
+                continue
+            seen.add(item.question_id)
+            loaded.items.append(item)
+    return loaded
+
+
+# --- Benchmarks ---------------------------------------------------------------------------------------------
+
+
+def load_textvqa(
+    folder: str | Path,
+    image_folder: str | Path | None = None,
+    *,
+    file: str = "TextVQA_0.5.1_val.json",
+    verify_images: bool = True,
+    limit: int | None = None,
+) -> Loaded:
+    """TextVQA (Singh et al. 2019), scored by VQA accuracy: ``{"data": [{"question_id", "image_id",
+    "question", "answers": [10 strings], ...}]}``, images ``train_images/{image_id}.jpg`` (the validation
+    images ship in the train folder). LLaVA-1.5 also gave the model the Rosetta OCR tokens of the image (a
+    separate release file), which this prompt does not.
+    """
+    folder = Path(folder)
+    images, check = Path(image_folder) if image_folder else folder / "train_images", _ImageCheck(verify_images)
+
+    def build(record: dict, file: Path, index: int) -> Item:
+        question_id, question = _text(record, "question_id"), _text(record, "question")
+        answers, image = _answers(record, "answers"), images / f"{_text(record, 'image_id')}.jpg"
+        return Item(question_id, check(image), question + SHORT_ANSWER, answers, "vqa_accuracy")
+
+    return _load([folder / file], build, limit)
+
+
+def load_docvqa(
+    folder: str | Path,
+    image_folder: str | Path | None = None,
+    *,
+    file: str = "val_v1.0.json",
+    verify_images: bool = True,
+    limit: int | None = None,
+) -> Loaded:
+    """DocVQA (Mathew et al. 2021), scored by ANLS: ``{"data": [{"questionId", "question", "image":
+    "documents/xxx.png", "answers": [...], "question_types", ...}]}``, the image path relative to the folder.
+    The test split ships without answers, so its records are all reported as having no gold answer.
+    """
+    folder = Path(folder)
+    images, check = Path(image_folder) if image_folder else folder, _ImageCheck(verify_images)
+
+    def build(record: dict, file: Path, index: int) -> Item:
+        question_id, question = _text(record, "questionId"), _text(record, "question")
+        answers, image = _answers(record, "answers"), images / _text(record, "image")
+        return Item(question_id, check(image), question + SHORT_ANSWER, answers, "anls")
+
+    return _load([folder / file], build, limit)
+
+
+def load_chartqa(
+    folder: str | Path,
+    image_folder: str | Path | None = None,
+    *,
+    files: Sequence[str] = ("test_human.json", "test_augmented.json"),
+    verify_images: bool = True,
+    limit: int | None = None,
+) -> Loaded:
+    """ChartQA (Masry et al. 2022), scored by relaxed accuracy: a JSON list of ``{"imgname", "query",
+    "label"}`` per file (an object with a ``"data"`` list is read too), images ``png/{imgname}``. The category
+    is the split, the file name without ``test_`` (``"human"``, ``"augmented"``); the paper's ChartQA number is
+    the mean over both. Records have no id, so the id is ``"{category}-{index in its file}"``.
+    """
+    folder = Path(folder)
+    images, check = Path(image_folder) if image_folder else folder / "png", _ImageCheck(verify_images)
+
+    def build(record: dict, file: Path, index: int) -> Item:
+        category = file.stem.removeprefix("test_")
+        question, answers = _text(record, "query"), _answers(record, "label")
+        image = check(images / _text(record, "imgname"))
+        return Item(f"{category}-{index}", image, question + SHORT_ANSWER, answers, "relaxed_accuracy", category)
+
+    return _load([folder / name for name in files], build, limit)
+
+
+def load_pope(
+    folder: str | Path,
+    image_folder: str | Path | None = None,
+    *,
+    splits: Sequence[str] = ("random", "popular", "adversarial"),
+    verify_images: bool = True,
+    limit: int | None = None,
+) -> Loaded:
+    """POPE (Li et al. 2023), scored by yes/no accuracy and ``metrics.pope_scores``: ``coco_pope_{split}.json``
+    (JSON lines despite the name; ``.jsonl`` is read too) of ``{"question_id", "image", "text", "label":
+    "yes"|"no"}``. The images are COCO val2014 files named by ``image``: pass their folder as
+    ``image_folder`` (default: ``folder``). The category is the split; question ids restart in each split, so
+    the id is ``"{split}-{question_id}"``.
+    """
+    folder = Path(folder)
+    images, check = Path(image_folder) if image_folder else folder, _ImageCheck(verify_images)
+
+    def annotation(split: str) -> Path:
+        candidates = [folder / f"coco_pope_{split}.json", folder / f"coco_pope_{split}.jsonl"]
+        return next((path for path in candidates if path.is_file()), candidates[0])
+
+    def build(record: dict, file: Path, index: int) -> Item:
+        split = file.stem.removeprefix("coco_pope_")
+        question_id, question = _text(record, "question_id"), _text(record, "text")
+        label = _answers(record, "label")[0].strip().lower()
+        if label not in ("yes", "no"):
+            raise _Unusable(f"label {record['label']!r} is not 'yes' or 'no'")
+        image = check(images / _text(record, "image"))
+        return Item(f"{split}-{question_id}", image, question + SHORT_ANSWER, (label,), "pope", split)
+
+    return _load([annotation(split) for split in splits], build, limit)
+
+
+def _options(record: dict) -> tuple[str, ...]:
+    """``options`` as a list (letters A, B, ... in order) or ``{"A": ..., "B": ...}`` (keys exactly A, B, ...)."""
+    options = _value(record, "options")
+    if isinstance(options, dict):
+        by_letter = {str(key).strip().upper(): option for key, option in options.items()}
+        if sorted(by_letter) != list(LETTERS[: len(by_letter)]):
+            raise _Unusable(f"option letters {sorted(options)} are not A, B, ... in a row")
+        options = [by_letter[letter] for letter in LETTERS[: len(by_letter)]]
+    if not isinstance(options, list) or len(options) < 2 or len(options) > len(LETTERS):
+        raise _Unusable(f"field 'options' must list 2 to {len(LETTERS)} options, got {options!r}")
+    if not all(isinstance(option, (str, int, float)) and str(option).strip() for option in options):
+        raise _Unusable("an option is empty or not text")
+    return tuple(str(option) for option in options)
+
+
+def load_multiple_choice(
+    file: str | Path,
+    image_folder: str | Path | None = None,
+    *,
+    verify_images: bool = True,
+    limit: int | None = None,
+) -> Loaded:
+    """Multiple choice in one JSON or JSON lines file (MMMU, SEED-Bench, MMBench or ScienceQA converted to it):
+    ``{"id", "image", "question", "options": [...] or {"A": ..., ...}, "answer": "B", "category"}``, the
+    image relative to ``image_folder`` (default: the file's folder). ``answer`` is a letter, or a 0-based
+    option index (ScienceQA's convention). This is our own plain format, not any benchmark's release (MMMU and
+    SEED-Bench ship as Hugging Face datasets with embedded images). The prompt lists the options as
+    ``"A. text"`` lines after the question, as LLaVA-1.5's multiple-choice files do.
+    """
+    file = Path(file)
+    images, check = Path(image_folder) if image_folder else file.parent, _ImageCheck(verify_images)
+
+    def build(record: dict, path: Path, index: int) -> Item:
+        question_id, question, options = _text(record, "id", "question_id"), _text(record, "question"), _options(record)
+        answer = _value(record, "answer")
+        is_index = isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(options)
+        letter = LETTERS[answer] if is_index else str(answer).strip()
+        if letter.upper() not in LETTERS[: len(options)]:
+            raise _Unusable(f"answer {answer!r} is not one of the option letters A-{LETTERS[len(options) - 1]}")
+        image = check(images / _text(record, "image"))
+        listed = "\n".join(f"{mark}. {option}" for mark, option in zip(LETTERS, options))
+        category = str(record["category"]) if record.get("category") is not None else None
+        prompt = f"{question}\n{listed}{CHOICE_ANSWER}"
+        return Item(question_id, image, prompt, (letter.upper(),), "multiple_choice", category, options)
+
+    return _load([file], build, limit)
+
+
+def _turn(record: dict, position: int) -> str:
+    """The text of turn ``position`` (0: the question, 1: the answer) of a LLaVA ``conversations`` list."""
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or len(turns) <= position or not isinstance(turns[position], dict):
+        raise _Unusable("missing field 'conversations' with a question turn and an answer turn")
+    return _text(turns[position], "value")
+
+
+def load_llava(
+    file: str | Path,
+    image_folder: str | Path | None = None,
+    *,
+    verify_images: bool = True,
+    limit: int | None = None,
+) -> Loaded:
+    """LLaVA-format question records in one JSON or JSON lines file, scored by VQA accuracy (with one gold
+    answer, an exact match after the VQA normalisation). Read as LLaVA's evaluation files
+    (``{"question_id", "image", "text", "category"}``) plus an ``answers`` list (or one ``answer``), or as LLaVA
+    training records (``{"id", "image", "conversations": [question, answer]}``). The question is used as
+    written (these files carry their own instruction), without the ``<image>`` placeholder; the category is
+    ``category`` or else ``kind``.
+    """
+    file = Path(file)
+    images, check = Path(image_folder) if image_folder else file.parent, _ImageCheck(verify_images)
+
+    def build(record: dict, path: Path, index: int) -> Item:
+        question_id = _text(record, "question_id", "id")
+        has_question = any(record.get(name) is not None for name in ("text", "question"))
+        question = _text(record, "text", "question") if has_question else _turn(record, 0)
+        question = question.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+        if "answers" in record or "answer" in record:
+            answers = _answers(record, "answers" if "answers" in record else "answer")
+        elif "conversations" in record:
+            answers = (_turn(record, 1),)
+        else:
+            raise _Unusable("no gold answer (no field 'answers', 'answer' or 'conversations')")
+        category = next((str(record[name]) for name in ("category", "kind") if record.get(name) is not None), None)
+        return Item(question_id, check(images / _text(record, "image")), question, answers, "vqa_accuracy", category)
+
+    return _load([file], build, limit)
+
+
+# --- Registry -----------------------------------------------------------------------------------------------
+
+SCORES: dict[str, Callable[[str, Item], float]] = {
+    "vqa_accuracy": lambda prediction, item: vqa_accuracy(prediction, item.answers),
+    "anls": lambda prediction, item: anls(prediction, item.answers),
+    "relaxed_accuracy": lambda prediction, item: relaxed_accuracy(prediction, item.answers),
+    "pope": lambda prediction, item: yes_no_accuracy(prediction, item.answers),
+    "multiple_choice": lambda prediction, item: choice_accuracy(prediction, item.answers[0], item.options),
+    "exact_match": lambda prediction, item: float(any(exact_match(prediction, answer) for answer in item.answers)),
+}
+
+
+def score(prediction: str, item: Item) -> float:
+    """The score in [0, 1] of one answer to one item, by the item's metric."""
+    return SCORES[item.metric](prediction, item)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark: how to load it (``load(path, image_folder=None, *, verify_images, limit)``), the metric
+    its items are scored by, and what ``path`` must be."""
+
+    load: Callable[..., Loaded]
+    metric: str
+    path: str
+
+
+TASKS: dict[str, Task] = {
+    "textvqa": Task(load_textvqa, "vqa_accuracy", "the folder with TextVQA_0.5.1_val.json and train_images/"),
+    "docvqa": Task(load_docvqa, "anls", "the folder with val_v1.0.json and documents/"),
+    "chartqa": Task(
+        load_chartqa, "relaxed_accuracy", "the test folder with test_human.json, test_augmented.json and png/"
+    ),
+    "pope": Task(load_pope, "pope", "the folder with coco_pope_{random,popular,adversarial}.json"),
+    "mmmu": Task(load_multiple_choice, "multiple_choice", "a multiple-choice JSON or JSON lines file"),
+    "multiple_choice": Task(load_multiple_choice, "multiple_choice", "a multiple-choice JSON or JSON lines file"),
+    "llava": Task(load_llava, "vqa_accuracy", "a LLaVA-format JSON or JSON lines file with answers"),
+}

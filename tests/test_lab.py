@@ -11,6 +11,15 @@ from deepstack.research.lab import GROUPS, claims, collect, lab, plot, report, s
 TINY = Recipe(sizes={"train": 24, "val": 4, "test": 6}, steps=2, batch_size=8)
 
 
+def _table_row(markdown: str, label: str) -> list[str] | None:
+    """The cells of the Markdown table row whose first cell is ``label`` (the columns' padding stripped)."""
+    for line in markdown.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == label:
+            return cells
+    return None
+
+
 def test_lab_trains_each_model_once_per_seed_resumes_and_reports(tmp_path):
     results = lab(tmp_path, groups=["table6", "table5"], seeds=(0, 1), recipe=TINY, command="test", workers=2)
     lines = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
@@ -41,7 +50,7 @@ def test_lab_trains_each_model_once_per_seed_resumes_and_reports(tmp_path):
     assert (tmp_path / "runs.jsonl").read_text() == before
     assert not partial["complete"] and partial["groups"]["table6"]["rows"][1]["seeds_done"] == [0, 1]
     markdown = (tmp_path / "lab.md").read_text()
-    assert "**Not finished**" in markdown and "| dummy (seeds 0, 1) |" in markdown
+    assert "**Not finished**" in markdown and _table_row(markdown, "dummy (seeds 0, 1)")[1:3] == ["16", "16"]
 
 
 def test_summarise_gives_mean_and_sample_std():
@@ -102,7 +111,11 @@ def test_a_report_of_an_unfinished_lab_lists_what_has_not_run(tmp_path):
     assert [row["seeds_done"] for row in rows] == [[0], [], [0]] and rows[1]["summary"] is None
     assert not results["complete"] and results["compute_seconds"] == 4.0
     markdown = report(results)
-    assert "| dummy (seeds none yet) |" in markdown and "| none (seeds 0) |" in markdown
+    assert _table_row(markdown, "dummy (seeds none yet)")[1:] == [""] * 9  # no numbers without runs
+    # the arm's numbers as collected: fine 20%, coarse 100%, digit 10%, pattern 2 * 20% - 10%, colour, shape, 1 s
+    assert _table_row(markdown, "none (seeds 0)") == [
+        "none (seeds 0)", "16", "16", "20.0% ± 0.0%", "100.0% ± 0.0%", "10.0% ± 0.0%", "30.0% ± 0.0%",
+        "100.0% ± 0.0%", "100.0% ± 0.0%", "1"]
     assert "dummy no better than none" not in markdown  # no claim without its runs
     plot(results, tmp_path / "lab.png")
     assert (tmp_path / "lab.png").stat().st_size > 5_000
@@ -140,10 +153,10 @@ def test_runs_of_another_task_version_or_recipe_are_not_reused(tmp_path):
 
 
 def test_a_lab_cut_off_has_the_report_of_the_runs_that_finished(tmp_path, monkeypatch):
-    import deepstack.research.lab as lab_module
+    import deepstack.research.lab.runner as runner
 
     finished = []
-    run = lab_module._run
+    run = runner._run
 
     def cut_off_after_the_first(*args, **kwargs):
         if finished:
@@ -151,11 +164,12 @@ def test_a_lab_cut_off_has_the_report_of_the_runs_that_finished(tmp_path, monkey
         finished.append(run(*args, **kwargs))
         return finished[-1]
 
-    monkeypatch.setattr(lab_module, "_run", cut_off_after_the_first)
+    monkeypatch.setattr(runner, "_run", cut_off_after_the_first)
     with pytest.raises(KeyboardInterrupt):
         lab(tmp_path, groups=["table6"], seeds=(0,), recipe=TINY, command="test", report_dir=tmp_path / "report")
     markdown = (tmp_path / "report" / "lab.md").read_text()
-    assert "**Not finished**" in markdown and "| none | 16 | 16 |" in markdown and "| dummy (seeds none yet) |" in markdown
+    assert "**Not finished**" in markdown and _table_row(markdown, "none")[1:3] == ["16", "16"]
+    assert _table_row(markdown, "dummy (seeds none yet)")[1:] == [""] * 9
     assert json.loads((tmp_path / "report" / "lab.json").read_text())["groups"]["table6"]["rows"][0]["seeds_done"] == [0]
 
 

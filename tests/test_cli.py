@@ -78,3 +78,47 @@ def test_a_prompt_longer_than_the_context_is_refused_with_the_counts(model_dir, 
     err = capsys.readouterr().err
     assert "has 2048 positions" in err and "16 per image" in err and "and the answer up to 2 more" in err
     assert main(["generate", "--model", str(model_dir), "--image", str(SAMPLE), "--max-new-tokens", "2", "x" * 400]) == 0
+
+
+def test_a_damaged_model_folder_is_named_not_a_traceback(model_dir, tmp_path, capsys):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(model_dir, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert main(["generate", "--model", str(damaged), "--image", str(SAMPLE), "q"]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors) cannot be read" in err and "Traceback" not in err
+    (damaged / "config.json").write_text("{not json")
+    assert main(["generate", "--model", str(damaged), "--image", str(SAMPLE), "q"]) == 2
+    assert f"{damaged / 'config.json'}: not valid JSON" in capsys.readouterr().err
+
+
+def test_an_os_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    assert main(["make-eval-data", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deepstack make-eval-data: error:") and "--debug" in err
+    with pytest.raises(OSError):
+        main(["make-eval-data", str(blocker / "sub"), "--debug"])
+
+
+def test_make_eval_data_then_eval_then_score_from_the_command_line(model_dir, tmp_path, capsys):
+    import json
+
+    assert main(["make-eval-data", str(tmp_path / "bench")]) == 0
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if "--task pope" in line)
+    data = line.split("--data ")[1].strip()
+    out = tmp_path / "pope"
+    assert main(["eval", "--model", str(model_dir), "--task", "pope", "--data", data, "--limit", "4",
+                 "--batch-size", "2", "--max-new-tokens", "2", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "pope" and results["count"] == 4
+    predictions = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 4
+    assert main(["score", "--task", "pope", "--data", data, "--predictions", str(out / "predictions.jsonl"),
+                 "--limit", "4", "--out", str(tmp_path / "rescored")]) == 0
+    assert json.loads((tmp_path / "rescored" / "results.json").read_text())["score"] == results["score"]

@@ -56,7 +56,7 @@ def _train(args) -> None:
     from .train.loop import train
 
     config = load_config(args.config, args.overrides + (["--data.skip_invalid=true"] if args.skip_invalid else []))
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
     print(
         f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}; "
         f"model in {result.output_dir} (loss curve: {result.output_dir / 'loss.png'})"
@@ -121,8 +121,72 @@ def _bench(args) -> None:
     print(f"bench: {len(results['modes'])} modes; bench.md, bench.json and bench.png in {args.out}")
 
 
+def _eval(args) -> None:
+    from .eval.benchmark import compare, run_benchmark
+    from .model.builder import load_pretrained
+    from .utils.device import pick_device, pick_dtype
+
+    out = Path(args.out or f"runs/eval/{args.task}")
+    folders = [out / Path(model).name for model in args.model] if len(args.model) > 1 else [out]
+    if len(set(folders)) != len(folders):
+        raise ValueError(f"two --model folders have the same name; their runs would share a folder under {out}")
+    device = pick_device(args.device)
+    for path, folder in zip(args.model, folders):
+        model, processor = load_pretrained(path)
+        dtype = pick_dtype(args.dtype, device)
+        model.to(device=device, dtype=dtype) if dtype else model.to(device)
+        run_benchmark(model, processor, args.task, args.data, folder, limit=args.limit, batch_size=args.batch_size,
+                      resume=args.resume, max_new_tokens=args.max_new_tokens, image_folder=args.image_folder)
+        print((folder / "results.md").read_text())
+    if len(folders) > 1:
+        compare(folders, out)
+        print((out / "results.md").read_text() + f"\nchart: {out / 'results.png'}")
+
+
+def _score(args) -> None:
+    from .eval.benchmark import score_predictions
+
+    predictions = Path(args.predictions)
+    out = Path(args.out or predictions.with_name(predictions.stem + "-scored"))
+    score_predictions(args.task, args.data, predictions, out, limit=args.limit, image_folder=args.image_folder)
+    print((out / "results.md").read_text())
+
+
+def _make_eval_data(args) -> None:
+    from .eval.samples import write_samples
+
+    for task, data in write_samples(args.out, seed=args.seed).items():
+        print(f"deepstack eval --model MODEL --task {task} --data {data}")
+
+
+def _convert(args) -> None:
+    from .convert import convert_deepstack_vl, convert_llava_hf
+
+    named = (("stack_mode", args.mode), ("hires_scale", args.hires_scale), ("stack_start_layer", args.start_layer),
+             ("stack_interval", args.interval), ("stack_sampling", args.sampling),
+             ("num_stack_layers", args.stack_layers))
+    settings = {key: value for key, value in named if value is not None}
+    common = {"max_shard_size": args.max_shard_size, "allow_pickle": args.allow_pickle}
+    if args.format == "llava-hf":
+        out = convert_llava_hf(args.src, args.out, **common, **settings)
+    elif settings:
+        raise ValueError(f"deepstack-vl takes its settings from its config.json; drop {', '.join(settings)}")
+    else:
+        out = convert_deepstack_vl(args.src, args.out, vision_tower=args.vision_tower, **common)
+    print(f"converted {args.src} ({args.format}) into a DeepStack model in {out}")
+
+
+def _export(args) -> None:
+    from .convert import export_llava_hf
+
+    out = export_llava_hf(args.src, args.out, max_shard_size=args.max_shard_size)
+    print(f"exported {args.src} as a transformers LLaVA model in {out}")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="deepstack", description=__doc__)
+    root = argparse.ArgumentParser(
+        prog="deepstack", description=__doc__, epilog="--debug (anywhere): show the traceback of an error"
+    )
     commands = root.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="assemble a DeepStack model from a vision encoder and an LLM")
@@ -161,7 +225,12 @@ def parser() -> argparse.ArgumentParser:
             "--skip-invalid", action="store_true", help="skip invalid records (listed in the output folder)"
         )
         if name == "train":
-            command.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+            command.add_argument(
+                "--resume", action="store_true", help="continue the run in output.dir from its newest checkpoint"
+            )
+            command.add_argument(
+                "--overwrite", action="store_true", help="delete the run already in output.dir, then train"
+            )
         command.set_defaults(run=run)
     make_data = commands.add_parser("make-data", help="write the fine-detail dataset (LLaVA format)")
     make_data.add_argument("out")
@@ -196,12 +265,65 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="skip the training step")
     bench.add_argument("--report-only", action="store_true", help="rewrite bench.md/png from OUT/bench.json")
     bench.set_defaults(run=_bench)
+
+    from .eval.tasks import TASKS
+
+    evaluate = commands.add_parser("eval", help="answer a benchmark's questions and score them (docs/eval.md)")
+    evaluate.add_argument("--model", action="append", required=True, help="a saved model; repeat to compare models")
+    evaluate.add_argument("--task", required=True, choices=list(TASKS))
+    evaluate.add_argument("--data", required=True, help="the benchmark's folder or file (see docs/eval.md)")
+    evaluate.add_argument("--image-folder", default=None, help="where the images are, if not where the data says")
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--max-new-tokens", type=int, default=32)
+    evaluate.add_argument("--out", default=None, help="default: runs/eval/TASK")
+    evaluate.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    evaluate.set_defaults(run=_eval)
+
+    score = commands.add_parser("score", help="score predictions made by any system (JSON lines), no model")
+    score.add_argument("--task", required=True, choices=list(TASKS))
+    score.add_argument("--data", required=True)
+    score.add_argument("--predictions", required=True, help="JSON lines with question_id and prediction")
+    score.add_argument("--image-folder", default=None)
+    score.add_argument("--limit", type=int, default=None, help="the limit the predictions were made with")
+    score.add_argument("--out", default=None, help="default: next to the predictions, NAME-scored/")
+    score.set_defaults(run=_score)
+
+    make_eval_data = commands.add_parser("make-eval-data", help="write small synthetic benchmarks in every format")
+    make_eval_data.add_argument("out")
+    make_eval_data.add_argument("--seed", type=int, default=0)
+    make_eval_data.set_defaults(run=_make_eval_data)
+
+    convert = commands.add_parser("convert", help="turn a LLaVA or DeepStack-VL checkpoint into a DeepStack model")
+    convert.add_argument("format", choices=["llava-hf", "deepstack-vl"])
+    convert.add_argument("src", help="the local checkpoint folder")
+    convert.add_argument("--out", required=True)
+    convert.add_argument("--mode", default=None, help="stack_mode of the result (llava-hf; default llm)")
+    for flag in ("--hires-scale", "--start-layer", "--interval", "--stack-layers"):
+        convert.add_argument(flag, type=int, default=None)
+    convert.add_argument("--sampling", default=None)
+    convert.add_argument("--vision-tower", default=None, help="deepstack-vl: a local CLIP folder when not in SRC")
+    convert.add_argument("--max-shard-size", default="5GB")
+    convert.add_argument("--allow-pickle", action="store_true", help="read *.bin/*.pt (weights only) as well")
+    convert.set_defaults(run=_convert)
+
+    export = commands.add_parser("export", help="write a none-mode DeepStack model as a transformers LLaVA folder")
+    export.add_argument("format", choices=["llava-hf"])
+    export.add_argument("src")
+    export.add_argument("--out", required=True)
+    export.add_argument("--max-shard-size", default="5GB")
+    export.set_defaults(run=_export)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     args, unknown = parser().parse_known_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = argv
     args.overrides = [item for item in unknown if item.startswith("--") and "=" in item]
     if len(args.overrides) != len(unknown) or (args.overrides and args.command not in ("train", "validate-data")):
         parser().error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -210,9 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable_progress_bar()  # our own output stays readable; errors still print
     try:
         args.run(args)
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # expected failures: bad input, files, folders, disks
+        if debug:
+            raise
         print(f"deepstack {args.command}: error: {error}", file=sys.stderr)
+        print("(run again with --debug for the traceback)", file=sys.stderr) if isinstance(error, OSError) else None
         return 2
+    except KeyboardInterrupt:
+        print(f"deepstack {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -3,10 +3,12 @@ or load a saved one."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from .configuration import DeepStackConfig
 from .modeling import DeepStackForConditionalGeneration
@@ -58,10 +60,22 @@ def build_model(
 
 
 def load_pretrained(path: str | os.PathLike, **kwargs) -> tuple[DeepStackForConditionalGeneration, DeepStackProcessor]:
-    """A saved DeepStack model and processor from a local directory."""
+    """A saved DeepStack model and processor from a local directory. A damaged folder raises ``ValueError``
+    naming the file (a config that is not JSON, weights cut short)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ValueError(f"{path}: not a saved DeepStack model (no config.json); make one with `deepstack build`")
-    model = DeepStackForConditionalGeneration.from_pretrained(path, local_files_only=True, **kwargs)
+    try:
+        json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path / 'config.json'}: not valid JSON ({error}); the folder is damaged, save it again") from None
+    try:
+        model = DeepStackForConditionalGeneration.from_pretrained(path, local_files_only=True, **kwargs)
+    except SafetensorError as error:
+        weights = ", ".join(sorted(file.name for file in path.glob("*.safetensors"))) or "model.safetensors"
+        raise ValueError(
+            f"{path}: the weights ({weights}) cannot be read ({error}); the file is damaged or cut short, copy or "
+            "save it again"
+        ) from None
     processor = DeepStackProcessor.from_pretrained(path, local_files_only=True)
     return model.eval(), processor

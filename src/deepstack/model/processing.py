@@ -29,6 +29,14 @@ MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000; larger files are refused as possib
 
 def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open an image file fully, or raise ``ValueError`` saying what is wrong with which file."""
+    return open_image(path, max_pixels)
+
+
+def open_image(
+    path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, draft: tuple[int, int] | None = None
+) -> Image.Image:
+    """``load_image``, and the check of a training record's image: one size limit and one set of messages.
+    ``draft``: decode a JPEG at about that size instead (enough to know the file is sound, and fast)."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
         try:
@@ -45,6 +53,8 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                if draft is not None:
+                    image.draft("RGB", draft)
                 image.load()
                 return image.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -277,6 +287,6 @@ def _flatten_images(images, texts: list[str], image_token: str) -> list[Image.Im
     return flat
 
 
-__all__ = ["DeepStackProcessor", "load_image"]
+__all__ = ["DeepStackProcessor", "load_image", "open_image"]
 
 AutoProcessor.register(DeepStackConfig, DeepStackProcessor, exist_ok=True)

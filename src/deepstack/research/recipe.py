@@ -91,11 +91,13 @@ def run_config(init: Path, data: Path, out: Path, seed: int, recipe: Recipe, tin
 
 def train_and_evaluate(mode: str, data: Path, out: Path, seed: int, recipe: Recipe = FULL, split: str = "test",
                        llm: str = "tiny-llama", **settings) -> dict:
-    """Build, train and evaluate one model; the row of a results table (with every prediction)."""
+    """Build, train and evaluate one model; the row of a results table (with every prediction). The untrained
+    model goes to ``out/init`` and the trained one to ``out/trained``; a run in the same folder starts over."""
     started = time.time()
     init = initial_model(mode, data, out, seed, recipe, llm, **settings)
-    result = train(run_config(init, data, out, seed, recipe, tiny=llm.startswith("tiny-")))
-    model, processor = load_pretrained(out)
+    trained = out / "trained"
+    result = train(run_config(init, data, trained, seed, recipe, tiny=llm.startswith("tiny-")), overwrite=True)
+    model, processor = load_pretrained(trained)
     scores = evaluate(model, processor, data / f"{split}.json", data / "images")
     sample = json.loads((data / f"{split}.json").read_text())[0]
     image = load_image(data / "images" / sample["image"])

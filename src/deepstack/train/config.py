@@ -43,6 +43,7 @@ class DataSource(Section):
     path: str
     image_folder: str = "."
     weight: float = Field(1.0, gt=0)  # 2.0 takes every record twice, 0.5 a seeded half
+    allow_outside: bool = False  # read images outside image_folder too (absolute paths, "..", links out of it)
 
 
 class DataSection(Section):

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from ..model.processing import DeepStackProcessor, load_image
+from ..model.processing import DeepStackProcessor, load_image, open_image
 from .config import DataSource
 
 IGNORE_INDEX = -100
@@ -74,20 +73,33 @@ def read_records(source: DataSource) -> Iterator[tuple[str, object | Problem]]:
 
 
 def check_image(path: Path) -> str | None:
-    """Why an image cannot be used, or None. JPEGs decode at reduced size (draft mode) to stay fast."""
-    if not path.is_file():
+    """Why an image cannot be used, or None: the loader's own checks, size limit included (``open_image``).
+    JPEGs decode at reduced size (draft mode) to stay fast."""
+    if not path.is_file() and not path.is_symlink():
         return f"image file not found: {path}"
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (128, 128))
-            image.load()
-    except Exception:  # noqa: BLE001 - the loader's own message is clearer than PIL's variety
-        try:
-            load_image(path)
-        except ValueError as error:
-            return str(error)
+        open_image(path, draft=(128, 128))
+    except ValueError as error:
+        return str(error)
+    except Exception:  # noqa: BLE001 - PIL raises many kinds of error on a damaged file
         return f"{path}: corrupt image"
     return None
+
+
+def outside_folder(name: str, source: DataSource) -> str | None:
+    """Why an image path leaves the source's image folder (absolute, "..", or a link out of it), or None.
+    Resolved paths are compared, so that neither "../" nor a symbolic link reads files elsewhere."""
+    folder = Path(source.image_folder)
+    try:
+        target = (folder / name).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: check_image says so
+        return None
+    if target.is_relative_to(folder.resolve()):
+        return None
+    return (
+        f"image {name!r} is outside the source's image_folder {folder} (it resolves to {target}); move it into "
+        f"that folder, or set allow_outside: true on this data source ({source.path}) to read images elsewhere"
+    )
 
 
 class ConversationEncoder:
@@ -150,6 +162,10 @@ def _check_record(record, source: DataSource, encoder: ConversationEncoder) -> t
     placeholders = sum(turn["value"].count(encoder.processor.image_token) for turn in turns)
     if placeholders != len(images):
         return None, f"{placeholders} <image> placeholder(s) but {len(images)} image(s)"
+    for name in images if not source.allow_outside else []:
+        reason = outside_folder(name, source)
+        if reason:
+            return None, reason
     paths = [str(Path(source.image_folder) / name) for name in images]
     for path in paths:
         reason = check_image(Path(path))

@@ -29,9 +29,8 @@ from ..utils.device import bf16_available
 from .checkpoint import remove_partial, resume_step, save_checkpoint, truncate_metrics
 from .config import ModelSection, OptimSection, TrainConfig, config_to_dict
 from .data import IGNORE_INDEX, Collator, LlavaDataset, Problem, mix, validate
+from .folder import METRICS, RUN_CONFIG, claim_output
 from .report import plot_loss
-
-METRICS = "metrics.jsonl"
 
 
 class DataError(ValueError):
@@ -91,22 +90,26 @@ class StepPlan:
     accumulation: int  # micro-batches each process runs per optimizer step
 
 
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """One stage of the recipe, from its config to the trained model in ``config.output.dir``."""
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """One stage of the recipe, from its config to the trained model in ``config.output.dir``.
+
+    A folder that holds a run already is refused before the model is built, unless ``resume`` (continue
+    that run from its newest checkpoint; same config but for the step budget) or ``overwrite`` (delete it).
+    """
     started = time.time()
     accelerator = setup_accelerator(config)
-    set_seed(config.optim.seed)  # before the model: its new parts (projector, LoRA) start from the seed
-    model, processor = setup_model(config)
-    dataset, skipped = setup_data(config, processor, accelerator)
-    plan = plan_steps(config.optim, len(dataset), accelerator.num_processes)
-    optimizer, scheduler = setup_optimizer(model, config.optim, plan.total)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    start_step = resume_step(accelerator, Path(config.output.dir)) if resume else 0
-    prepare_output(config, accelerator, start_step)
-    loader = setup_loader(config, dataset, processor, accelerator, start_step, plan.total)
-    loss = run_steps(config, accelerator, model, optimizer, scheduler, processor, loader, plan, start_step)
-    return finish(config, accelerator, model, processor, plan.total, loss, started, skipped)
+    with claim_output(config, accelerator, resume=resume, overwrite=overwrite):
+        set_seed(config.optim.seed)  # before the model: its new parts (projector, LoRA) start from the seed
+        model, processor = setup_model(config)
+        dataset, skipped = setup_data(config, processor, accelerator)
+        plan = plan_steps(config.optim, len(dataset), accelerator.num_processes)
+        optimizer, scheduler = setup_optimizer(model, config.optim, plan.total)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        start_step = resume_from(config, accelerator, scheduler, plan) if resume else 0
+        prepare_output(config, accelerator, start_step)
+        loader = setup_loader(config, dataset, processor, accelerator, start_step, plan.total)
+        loss = run_steps(config, accelerator, model, optimizer, scheduler, processor, loader, plan, start_step)
+        return finish(config, accelerator, model, processor, scheduler, plan.total, loss, started, skipped)
 
 
 def setup_accelerator(config: TrainConfig) -> Accelerator:
@@ -211,6 +214,17 @@ def setup_optimizer(model, optim: OptimSection, total_steps: int):
     return optimizer, scheduler
 
 
+def resume_from(config: TrainConfig, accelerator: Accelerator, scheduler, plan: StepPlan) -> int:
+    """The step the newest checkpoint was saved after, its state loaded (0 when there is none)."""
+    start_step = resume_step(accelerator, scheduler, Path(config.output.dir))
+    if start_step > plan.total:
+        raise ValueError(
+            f"output.dir={config.output.dir}: the newest checkpoint is at step {start_step}, past this config's "
+            f"{plan.total} steps; raise optim.max_steps (or optim.epochs) to at least that to resume it"
+        )
+    return start_step
+
+
 def prepare_output(config: TrainConfig, accelerator: Accelerator, start_step: int) -> None:
     """The output folder of a run that starts, or resumes, at ``start_step``: the metrics log cut back to
     it, the config saved beside the model, interrupted saves removed, trackers started."""
@@ -221,7 +235,7 @@ def prepare_output(config: TrainConfig, accelerator: Accelerator, start_step: in
             truncate_metrics(metrics_path, start_step)
         else:
             metrics_path.unlink(missing_ok=True)
-        (output_dir / "train_config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        (output_dir / RUN_CONFIG).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
         remove_partial(output_dir)
     if config.output.report_to:
         accelerator.init_trackers("deepstack", config=_flat(config_to_dict(config)))
@@ -273,7 +287,8 @@ def run_steps(config, accelerator, model, optimizer, scheduler, processor, loade
             log_metrics(config, accelerator, metrics, progress)
         progress.update(1)
         if done % output.save_every == 0 and done != plan.total:  # the final save is finish's
-            save_checkpoint(accelerator, processor, Path(output.dir), done, output.keep_last)
+            save_checkpoint(accelerator, processor, scheduler, config_to_dict(config), Path(output.dir), done,
+                            output.keep_last)
     progress.close()
     return loss
 
@@ -312,10 +327,13 @@ def log_metrics(config: TrainConfig, accelerator: Accelerator, metrics: dict, pr
         accelerator.log(metrics, step=metrics["step"])
 
 
-def finish(config, accelerator, model, processor, total_steps: int, loss, started: float, skipped: int):
+def finish(config, accelerator, model, processor, scheduler, total_steps: int, loss, started: float, skipped: int):
     """The last checkpoint, the model in the output folder, the loss curve and summary.json."""
     output_dir = Path(config.output.dir)
-    save_checkpoint(accelerator, processor, output_dir, total_steps, config.output.keep_last)
+    save_checkpoint(accelerator, processor, scheduler, config_to_dict(config), output_dir, total_steps,
+                    config.output.keep_last)
+    if loss is None:  # a finished run resumed: no step left to run; its last logged loss
+        loss = _last_logged_loss(output_dir / METRICS)
     _save_final(accelerator, model, processor, output_dir)
     accelerator.end_training()
     seconds = time.time() - started
@@ -339,6 +357,11 @@ def _save_final(accelerator, model, processor, output_dir: Path) -> None:
         final.save_pretrained(output_dir, state_dict=state)
         processor.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
+
+
+def _last_logged_loss(metrics_path: Path) -> float | None:
+    lines = metrics_path.read_text().splitlines() if metrics_path.is_file() else []
+    return json.loads(lines[-1])["loss"] if lines else None
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -1,0 +1,774 @@
+"""Serve many requests with one model: a scheduler thread decodes the requests that arrive together as one batch.
+
+Requests that arrive within ``batch_wait_ms`` of each other (up to ``max_batch_size``) are prefilled as one
+left-padded batch and decoded together. A row leaves the batch when its request ends (end of sequence, a stop
+string, ``max_tokens``, or its client cancelled), and requests that arrive while a batch runs are prefilled on
+their own and join it between two decoding steps (continuous batching; with a plain ``DynamicCache``, else they
+wait for the batch to end). Each request has its own stream of text deltas (a transformers ``BaseStreamer``)
+and a final ``Completion``.
+
+Padding changes nothing for a row: padded positions are masked out and each row's position ids count only its
+own tokens, so a greedy answer in a batch is the answer the request gets alone, as with ``model.generate`` on a
+left-padded batch. Sampling draws from a generator per request, so a ``seed`` gives the same answer whatever
+else is in the batch.
+
+Encoded images (the sequence features and the DeepStack stacks) are kept in a cache keyed by a hash of the
+image, so a follow-up turn about the same image does not run the vision tower again; they are handed to the
+model as pre-encoded ``mm_encoder_outputs={"image": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import queue
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+from transformers.generation.streamers import BaseStreamer
+
+from ..model.builder import load_pretrained
+from ..model.modeling import DeepStackForConditionalGeneration, DeepStackImageOutput
+from ..model.processing import MAX_IMAGE_PIXELS, DeepStackProcessor
+from ..utils.device import pick_device, pick_dtype
+
+ROLES = ("system", "user", "assistant")
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve; ``param`` names the field (OpenAI's names: ``messages[0].content``,
+    ``max_tokens``, ...) and ``code`` says what kind of problem it is."""
+
+    def __init__(self, param: str | None, message: str, code: str = "invalid_value"):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+class EngineBusy(RuntimeError):
+    """The queue of waiting requests is full; try again shortly."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed and takes no more requests."""
+
+
+# ---- requests and answers ------------------------------------------------------------------------------
+@dataclass
+class Request:
+    """One chat completion to make.
+
+    ``messages``: ``{"role": "system" | "user" | "assistant", "content": ...}`` where content is a string or a
+    list of parts ``{"type": "text", "text": str}`` and ``{"type": "image", "image": PIL image or the bytes of
+    an image file}``. ``temperature`` 0 is greedy decoding; ``max_tokens`` ``None`` is the engine's default
+    (cut to what the context leaves); ``stop``: up to 4 strings that end the answer (not included in it).
+    """
+
+    messages: list[dict]
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: str | list[str] | tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        def number(name, value, low, high, low_open=False):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise RequestError(name, f"{name} must be a number, got {shown(value)}", "invalid_type")
+            if value < low or value > high or (low_open and value == low):
+                bound = f"{'above' if low_open else 'at least'} {low} and at most {high}"
+                raise RequestError(name, f"{name} must be {bound}, got {value}")
+
+        number("temperature", self.temperature, 0, 2)
+        number("top_p", self.top_p, 0, 1, low_open=True)
+        for name in ("max_tokens", "seed"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise RequestError(name, f"{name} must be an integer, got {shown(value)}", "invalid_type")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise RequestError("max_tokens", f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise RequestError("seed", f"seed must fit in 64 bits, got {self.seed}")
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
+            raise RequestError("stop", f"stop must be a non-empty string or a list of up to 4 of them, got "
+                               f"{shown(self.stop)}")
+        self.stop = tuple(stop)
+        check_messages(self.messages)
+
+
+def shown(value, limit: int = 60) -> str:
+    """A value from a request, as an error message quotes it: cut short, since a client sent it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_messages(messages) -> None:
+    """Raise ``RequestError`` naming the first message or part that is not of the shape ``Request`` describes."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("messages", "messages must be a non-empty list of {role, content} objects", "invalid_type")
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise RequestError(where, f"{where} must be an object with role and content", "invalid_type")
+        if message.get("role") not in ROLES:
+            raise RequestError(f"{where}.role", f"{where}.role must be one of {', '.join(ROLES)}, got "
+                               f"{shown(message.get('role'))}")
+        content = message.get("content")
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            raise RequestError(f"{where}.content", f"{where}.content must be a string or a list of parts",
+                               "invalid_type")
+        for number, part in enumerate(content):
+            place = f"{where}.content[{number}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                continue
+            if kind == "image" and isinstance(part.get("image"), (Image.Image, bytes)):
+                if message["role"] != "user":
+                    raise RequestError(place, f"{place}: only user messages may hold images")
+                continue
+            raise RequestError(place, f"{place} must be {{type: text, text: str}} or {{type: image, image: ...}}",
+                               "invalid_type")
+
+
+@dataclass
+class Completion:
+    """A finished answer. ``finish_reason``: ``stop`` (end of sequence or a stop string), ``length``
+    (``max_tokens`` reached) or ``cancelled`` (the client went away)."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Stream(BaseStreamer):
+    """The answer to one request as it is produced: iterate it (or ``async for`` over ``deltas()``) for the
+    text deltas, then ``result()`` for the ``Completion``. The deltas always add up to the final text.
+
+    The engine thread calls ``put`` with each new token; text that could still change is held back: a
+    trailing incomplete UTF-8 character, and an ending that may be the start of a stop string.
+    """
+
+    def __init__(self, tokenizer, stop: tuple[str, ...], prompt_tokens: int):
+        self._tokenizer, self._stop, self.prompt_tokens = tokenizer, stop, prompt_tokens
+        self.token_ids: list[int] = []
+        self.text = ""  # what was handed out so far
+        self.stopped = False  # a stop string was produced
+        self.cancelled = False
+        self._pending: list[str] = []
+        self._completion: Completion | None = None
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    # ---- the engine's side ----
+    def put(self, value) -> None:
+        self.token_ids.extend(torch.as_tensor(value).flatten().tolist())
+        decoded = self._tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        hits = [index for index in (decoded.find(stop) for stop in self._stop) if index >= 0]
+        if hits:
+            self.stopped = True
+            self._hand_out(decoded[: min(hits)])
+        else:
+            self._hand_out(decoded[: len(decoded) - self._unsettled(decoded)])
+
+    def _unsettled(self, text: str) -> int:
+        """How many trailing characters may still change: a partial character or a stop string's start."""
+        hold = len(text) - len(text.rstrip("\ufffd"))
+        for stop in self._stop:
+            for size in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:size]):
+                    hold = max(hold, size)
+                    break
+        return hold
+
+    def _hand_out(self, settled: str) -> None:
+        if settled.startswith(self.text) and len(settled) > len(self.text):
+            delta, self.text = settled[len(self.text) :], settled
+            self._notify(lambda: self._pending.append(delta))
+
+    def end(self) -> None:
+        if not self.stopped:  # what was held back as a possible stop string's start is part of the answer
+            self._hand_out(self._tokenizer.decode(self.token_ids, skip_special_tokens=True).rstrip("\ufffd"))
+
+    def finish(self, reason: str, completion_tokens: int) -> None:
+        self.end()
+        completion = Completion(self.text, reason, self.prompt_tokens, completion_tokens)
+        self._notify(lambda: setattr(self, "_completion", completion))
+
+    def fail(self, error: BaseException) -> None:
+        self._notify(lambda: setattr(self, "_error", error))
+
+    def _notify(self, change) -> None:
+        with self._changed:
+            change()
+            self._changed.notify_all()
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that event loop is closed: its reader is gone
+                pass
+
+    # ---- the client's side ----
+    @property
+    def done(self) -> bool:
+        return self._completion is not None or self._error is not None
+
+    def cancel(self) -> None:
+        """Stop generating for this request (the engine drops it at its next step)."""
+        self.cancelled = True
+
+    def _take(self) -> tuple[str, bool]:
+        with self._changed:
+            delta, self._pending = "".join(self._pending), []
+            if not delta and self._error is not None:
+                raise self._error
+            return delta, self.done
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending or self.done)
+            delta, done = self._take()
+            if delta:
+                yield delta
+            elif done:
+                return
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """The text deltas, for an asyncio caller (the event loop is never blocked)."""
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        with self._changed:
+            self._waiters.append(waiter)
+        try:
+            while True:
+                delta, done = self._take()
+                if delta:
+                    yield delta
+                elif done:
+                    return
+                else:
+                    await waiter[1].wait()
+                    waiter[1].clear()
+        finally:
+            with self._changed:
+                self._waiters.remove(waiter)
+
+    def result(self, timeout: float | None = None) -> Completion:
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.done, timeout):
+                raise TimeoutError(f"no answer within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._completion
+
+
+# ---- images ----------------------------------------------------------------------------------------------
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """The bytes of an image file as a fully loaded PIL image, or ``ValueError`` saying what is wrong. The
+    size is checked from the header before any pixel is decoded (a decompression bomb costs nothing)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(f"the image is {width}x{height} pixels, over the limit of {max_pixels:,}; resize it")
+            if width == 0 or height == 0:
+                raise ValueError(f"the image is {width}x{height} pixels: nothing to see")
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise ValueError("not an image PIL can read (PNG, JPEG, WebP, ...)") from None
+    except (OSError, SyntaxError) as error:  # truncated or corrupt data (PIL raises SyntaxError for some formats)
+        raise ValueError(f"unreadable or truncated image ({error})") from None
+
+
+def image_key(image: Image.Image | bytes) -> str:
+    """The cache key of an image: a hash of the file's bytes, or of a PIL image's mode, size and pixels."""
+    digest = hashlib.sha256()
+    if isinstance(image, bytes):
+        digest.update(b"file:" + image)
+    else:
+        digest.update(f"pil:{image.mode}:{image.size}:".encode())
+        digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class EncodedImage:
+    """One image as the LLM takes it: ``sequence`` ``(tokens_per_image, D)`` and ``stacks`` ``(S, N, D)`` or
+    ``None`` for modes without stacks in the decoder."""
+
+    sequence: torch.Tensor
+    stacks: torch.Tensor | None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.sequence, self.stacks) if t is not None)
+
+
+class ImageCache:
+    """Least-recently-used encoded images, at most ``max_bytes`` of features in all; safe across threads."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.nbytes = max_bytes, 0
+        self._items: OrderedDict[str, EncodedImage] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> EncodedImage | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: str, item: EncodedImage) -> None:
+        if item.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                self.nbytes -= self._items.pop(key).nbytes
+            self._items[key] = item
+            self.nbytes += item.nbytes
+            while self.nbytes > self.max_bytes:
+                self.nbytes -= self._items.popitem(last=False)[1].nbytes
+
+
+# ---- the engine ------------------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    """A request on its way through the engine."""
+
+    request: Request
+    stream: Stream
+    input_ids: list[int]
+    image_keys: list[str]
+    images: dict[str, EncodedImage | np.ndarray]  # encoded, or the processor's views still to encode
+    max_tokens: int
+    generator: torch.Generator | None  # for sampling; None for greedy decoding
+    generated: int = 0
+
+
+@dataclass
+class _Batch:
+    """Requests being decoded together: their KV cache, attention mask ``(B, L)``, next position ids ``(B,)``
+    and the logits ``(B, V)`` of their next token."""
+
+    jobs: list[_Job]
+    cache: DynamicCache
+    mask: torch.Tensor
+    positions: torch.Tensor
+    logits: torch.Tensor = field(default=None)
+
+
+class Engine:
+    """One model serving many requests: ``submit`` returns a ``Stream`` at once, ``generate`` waits for the
+    ``Completion``. A thread runs the model; see the module docstring for how requests are batched.
+
+    Args:
+        max_batch_size: requests decoded together at most.
+        batch_wait_ms: how long the first request of a batch waits for others to arrive.
+        max_queue: requests waiting at most; ``submit`` raises ``EngineBusy`` beyond it.
+        default_max_tokens: the answer length of a request without ``max_tokens``.
+        image_cache_bytes: bytes of encoded images kept for later turns (0: none).
+        max_image_pixels: images larger than this are refused (decompression bombs).
+    """
+
+    def __init__(
+        self,
+        model: DeepStackForConditionalGeneration,
+        processor: DeepStackProcessor,
+        *,
+        max_batch_size: int = 8,
+        batch_wait_ms: float = 5.0,
+        max_queue: int = 64,
+        default_max_tokens: int = 512,
+        image_cache_bytes: int = 512 * 2**20,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+    ):
+        if max_batch_size < 1 or max_queue < 1:
+            raise ValueError(f"max_batch_size ({max_batch_size}) and max_queue ({max_queue}) must be at least 1")
+        self.model, self.processor, self.tokenizer = model.eval(), processor, processor.tokenizer
+        self.max_batch_size, self.batch_wait = max_batch_size, batch_wait_ms / 1000
+        self.default_max_tokens, self.max_image_pixels = default_max_tokens, max_image_pixels
+        self.images = ImageCache(image_cache_bytes)
+        generation = model.generation_config
+        eos = generation.eos_token_id
+        self.eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
+        self.pad_id = next(i for i in (generation.pad_token_id, self.tokenizer.pad_token_id, *self.eos_ids, 0)
+                           if i is not None)
+        self.suppress_ids = list(generation.suppress_tokens or ())
+        self.active = 0  # requests in the running batch
+        self.largest_batch = 0  # the most requests decoded together so far
+        self.joined = 0  # requests that joined a batch already running
+        self._tokenizing = threading.Lock()
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve_forever, name="deepstack-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_pretrained(cls, path, device: str = "auto", dtype: str = "auto", **options) -> Engine:
+        """An engine over a saved model (``deepstack build`` or training output) on ``device`` in ``dtype``."""
+        model, processor = load_pretrained(path)
+        device = pick_device(device)
+        dtype = pick_dtype(dtype, device)
+        model.to(device=device, dtype=dtype) if dtype else model.to(device)
+        return cls(model, processor, **options)
+
+    @property
+    def context(self) -> int | None:
+        """The LLM's positions (prompt and answer together), or ``None`` when its config does not say."""
+        return getattr(self.model.config.text_config, "max_position_embeddings", None)
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
+    # ---- the callers' side ----
+    def submit(self, request: Request) -> Stream:
+        """Check and tokenize ``request`` (raising ``RequestError`` for what cannot be served) and queue it."""
+        if self._closed.is_set():
+            raise EngineClosed("the engine is closed")
+        job = self._prepare(request)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise EngineBusy(f"{self._queue.maxsize} requests are already waiting; try again shortly") from None
+        return job.stream
+
+    def generate(self, request: Request, timeout: float | None = None) -> Completion:
+        return self.submit(request).result(timeout)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _prepare(self, request: Request) -> _Job:
+        self._check_text_length(request.messages)
+        prompt, parts = self._render(request.messages)
+        keys, images = [], {}
+        for place, image in parts:
+            key = image_key(image)
+            keys.append(key)
+            if key not in images:
+                images[key] = self.images.get(key) or self._views(place, image)
+        with self._tokenizing:  # a fast tokenizer is not to be called from two threads at once
+            input_ids = self.tokenizer(
+                self.processor.expand_image_tokens(prompt), add_special_tokens=self.processor.template is None
+            )["input_ids"]
+        image_tokens = sum(token == self.processor.image_token_id for token in input_ids)
+        if image_tokens != len(keys) * self.processor.image_seq_length:
+            raise RequestError("messages", f"the text holds the image placeholder {self.processor.image_token!r}; "
+                               "send images as image parts, not as text")
+        max_tokens = self._answer_length(request, len(input_ids))
+        stream = Stream(self.tokenizer, request.stop, len(input_ids))
+        generator = None
+        if request.temperature > 0:
+            seed = request.seed if request.seed is not None else secrets.randbits(63)
+            generator = torch.Generator().manual_seed(seed % 2**64)
+        return _Job(request, stream, input_ids, keys, images, max_tokens, generator)
+
+    def _check_text_length(self, messages: list[dict]) -> None:
+        """Refuse, before tokenizing it, text far longer than the context can hold (no token is 64 characters)."""
+        if self.context is None:
+            return
+        characters = sum(
+            len(message["content"]) if isinstance(message["content"], str)
+            else sum(len(part["text"]) for part in message["content"] if part["type"] == "text")
+            for message in messages
+        )
+        if characters > 64 * self.context:
+            raise RequestError("messages", f"the messages hold {characters:,} characters, far more than the model's "
+                               f"{self.context} positions can take; shorten them", "context_length_exceeded")
+
+    def _render(self, messages: list[dict]) -> tuple[str, list[tuple[str, Image.Image | bytes]]]:
+        """The prompt text (with one placeholder per image) and the images in order, with where each is."""
+        image_token, flat, images = self.processor.image_token, [], []
+        for index, message in enumerate(messages):
+            content = message["content"]
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            for number, part in enumerate(parts):
+                if part["type"] == "image":
+                    images.append((f"messages[{index}].content[{number}]", part["image"]))
+                elif image_token in part["text"]:
+                    raise RequestError(f"messages[{index}].content", f"the text holds the image placeholder "
+                                       f"{image_token!r}; send images as image parts, not as text")
+            flat.append({"role": message["role"], "content": [
+                {"type": "image"} if part["type"] == "image" else part for part in parts]})
+        if self.processor.template is None:  # a base LLM: the turns as plain text
+            return "\n".join(_plain(message, image_token) for message in flat), images
+        try:
+            return self.processor.format_prompt(flat), images
+        except Exception as error:  # the chat template refuses this conversation (e.g. roles out of order)
+            raise RequestError("messages", f"the model's chat template refuses these messages: {error}") from None
+
+    def _views(self, place: str, image: Image.Image | bytes) -> np.ndarray:
+        try:
+            if isinstance(image, bytes):
+                image = decode_image(image, self.max_image_pixels)
+            elif image.width * image.height > self.max_image_pixels:
+                raise ValueError(f"the image is {image.width}x{image.height} pixels, over the limit of "
+                                 f"{self.max_image_pixels:,}; resize it")
+            return self.processor.image_views(image)
+        except ValueError as error:
+            raise RequestError(place, f"{place}: {error}", "invalid_image") from None
+
+    def _answer_length(self, request: Request, prompt_tokens: int) -> int:
+        context = self.context
+        if context is None:
+            return request.max_tokens or self.default_max_tokens
+        if prompt_tokens >= context:
+            raise RequestError("messages", f"the prompt takes {prompt_tokens} tokens "
+                               f"({self.processor.image_seq_length} per image) but the model has {context} positions; "
+                               "shorten the conversation or send fewer images", "context_length_exceeded")
+        if request.max_tokens is None:
+            return min(self.default_max_tokens, context - prompt_tokens)
+        if prompt_tokens + request.max_tokens > context:
+            raise RequestError("max_tokens", f"the prompt takes {prompt_tokens} tokens and max_tokens asks for "
+                               f"{request.max_tokens} more, but the model has {context} positions; lower max_tokens "
+                               f"to at most {context - prompt_tokens}", "context_length_exceeded")
+        return request.max_tokens
+
+    # ---- the engine thread ----
+    def _serve_forever(self) -> None:
+        while not self._closed.is_set():
+            jobs = self._collect()
+            if jobs:
+                self._run(jobs)
+        while True:  # refuse what is still queued
+            try:
+                self._queue.get_nowait().stream.fail(EngineClosed("the engine was closed"))
+            except queue.Empty:
+                return
+
+    def _collect(self) -> list[_Job]:
+        """The first waiting request and those that arrive within ``batch_wait`` of it."""
+        try:
+            jobs = [self._queue.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + self.batch_wait
+        while len(jobs) < self.max_batch_size:
+            try:
+                jobs.append(self._queue.get(timeout=max(deadline - time.monotonic(), 0)))
+            except queue.Empty:
+                break
+        return self._live(jobs)
+
+    def _live(self, jobs: list[_Job]) -> list[_Job]:
+        for job in jobs:
+            if job.stream.cancelled:
+                job.stream.finish("cancelled", 0)
+        return [job for job in jobs if not job.stream.cancelled]
+
+    def _take_waiting(self, room: int) -> list[_Job]:
+        jobs = []
+        while len(jobs) < room:
+            try:
+                jobs.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return self._live(jobs)
+
+    def _run(self, jobs: list[_Job]) -> None:
+        """Decode ``jobs`` to the end, letting waiting requests join while there is room."""
+        batch = self._start(jobs)
+        while batch is not None and batch.jobs:
+            self.active = len(batch.jobs)
+            self.largest_batch = max(self.largest_batch, self.active)
+            try:
+                with torch.inference_mode():
+                    tokens = self._deliver(batch, self._next_tokens(batch))
+                    if batch.jobs:
+                        batch.logits = self._decode_step(batch, tokens)
+            except Exception as error:  # noqa: BLE001 - every request of the batch gets the error
+                for job in batch.jobs:
+                    job.stream.fail(error)
+                break
+            room = self.max_batch_size - len(batch.jobs)
+            if room > 0 and (not batch.jobs or _joinable(batch.cache)):
+                newcomers = self._take_waiting(room)
+                if newcomers:
+                    joined = self._start(newcomers)
+                    if joined is not None and batch.jobs:
+                        self.joined += len(joined.jobs)
+                        batch = _join(batch, joined)
+                    elif joined is not None:
+                        batch = joined
+        self.active = 0
+
+    def _start(self, jobs: list[_Job]) -> _Batch | None:
+        try:
+            with torch.inference_mode():
+                return self._prefill(jobs)
+        except Exception as error:  # noqa: BLE001
+            for job in jobs:
+                job.stream.fail(error)
+            return None
+
+    def _prefill(self, jobs: list[_Job]) -> _Batch:
+        """Run the prompts of ``jobs`` as one left-padded batch; the result holds their first logits."""
+        device = self.model.device
+        length = max(len(job.input_ids) for job in jobs)
+        ids = torch.full((len(jobs), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), length), dtype=torch.long)
+        for row, job in enumerate(jobs):
+            ids[row, length - len(job.input_ids) :] = torch.tensor(job.input_ids)
+            mask[row, length - len(job.input_ids) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        extra = {}
+        if any(job.image_keys for job in jobs):
+            extra["mm_encoder_outputs"] = {"image": self._encode(jobs)}
+        cache = DynamicCache(config=self.model.config.text_config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1, **extra)
+        return _Batch(jobs, cache, mask, positions[:, -1] + 1, out.logits[:, -1].float())
+
+    def _encode(self, jobs: list[_Job]) -> DeepStackImageOutput:
+        """The images of ``jobs`` in (row, position) order, running the vision tower only on new ones."""
+        missing = {}
+        for job in jobs:
+            for key, image in job.images.items():
+                if isinstance(image, np.ndarray):
+                    cached = self.images.get(key)
+                    if cached is not None:
+                        job.images[key] = cached
+                    else:
+                        missing[key] = image
+        if missing:
+            pixels = torch.from_numpy(np.stack(list(missing.values()))).to(self.model.device)
+            out = self.model.get_image_features(pixels)
+            stacks = None if out.deepstack_features is None else torch.stack(list(out.deepstack_features), dim=1)
+            for index, key in enumerate(missing):
+                encoded = EncodedImage(out.pooler_output[index].clone(),
+                                       None if stacks is None else stacks[index].clone())
+                self.images.put(key, encoded)
+                missing[key] = encoded
+            for job in jobs:
+                job.images.update({key: missing[key] for key in job.images if key in missing})
+        ordered = [job.images[key] for job in jobs for key in job.image_keys]
+        has_stacks = ordered[0].stacks is not None
+        return DeepStackImageOutput(
+            pooler_output=[image.sequence for image in ordered],
+            deepstack_features=[[image.stacks[k] for image in ordered] for k in range(ordered[0].stacks.shape[0])]
+            if has_stacks else None,
+        )
+
+    def _next_tokens(self, batch: _Batch) -> torch.Tensor:
+        """Each row's next token: the argmax for greedy rows, a draw from the request's generator otherwise
+        (temperature, then nucleus ``top_p`` filtering)."""
+        logits = batch.logits
+        if self.suppress_ids:
+            logits[:, self.suppress_ids] = -float("inf")
+        tokens = logits.argmax(-1)
+        sampled = [row for row, job in enumerate(batch.jobs) if job.generator is not None]
+        if sampled:
+            rows = torch.tensor(sampled, device=logits.device)
+            jobs = [batch.jobs[row] for row in sampled]
+            temperature = torch.tensor([job.request.temperature for job in jobs], device=logits.device)
+            top_p = torch.tensor([job.request.top_p for job in jobs], device=logits.device)
+            scaled = logits[rows] / temperature.clamp(min=1e-4)[:, None]  # a vanishing temperature is greedy
+            probs, order = scaled.softmax(-1).sort(-1, descending=True)
+            probs = probs * ((probs.cumsum(-1) - probs) < top_p[:, None])  # the smallest set reaching top_p
+            cumulative = probs.cumsum(-1)
+            draws = torch.tensor([torch.rand(1, generator=job.generator).item() for job in jobs],
+                                 device=logits.device, dtype=cumulative.dtype)
+            picked = torch.searchsorted(cumulative, (draws * cumulative[:, -1])[:, None], right=True)
+            tokens[rows] = order.gather(-1, picked.clamp(max=order.shape[-1] - 1)).squeeze(-1)
+        return tokens
+
+    def _deliver(self, batch: _Batch, tokens: torch.Tensor) -> torch.Tensor:
+        """Hand each row its token; rows whose request ended leave the batch (and its cache). Returns the
+        tokens of the rows that go on."""
+        keep = []
+        for row, (job, token) in enumerate(zip(batch.jobs, tokens.tolist())):
+            job.generated += 1
+            if token not in self.eos_ids:
+                job.stream.put(torch.tensor([token]))
+            if token in self.eos_ids or job.stream.stopped:
+                job.stream.finish("stop", job.generated)
+            elif job.generated >= job.max_tokens:
+                job.stream.finish("length", job.generated)
+            elif job.stream.cancelled:
+                job.stream.finish("cancelled", job.generated)
+            else:
+                keep.append(row)
+        if len(keep) < len(batch.jobs):
+            batch.jobs = [batch.jobs[row] for row in keep]
+            if keep:
+                index = torch.tensor(keep, device=batch.mask.device)
+                batch.cache.batch_select_indices(index)
+                batch.mask, batch.positions = batch.mask[index], batch.positions[index]
+            tokens = tokens[keep]
+        return tokens
+
+    def _decode_step(self, batch: _Batch, tokens: torch.Tensor) -> torch.Tensor:
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.jobs), 1))], dim=1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=batch.mask, position_ids=batch.positions[:, None],
+                         past_key_values=batch.cache, use_cache=True)
+        batch.positions = batch.positions + 1
+        return out.logits[:, -1].float()
+
+
+def _plain(message: dict, image_token: str) -> str:
+    return "".join(image_token + "\n" if part["type"] == "image" else part["text"] for part in message["content"])
+
+
+def _joinable(cache) -> bool:
+    """Whether new rows can be padded into this cache: only plain full-attention layers (a sliding-window
+    layer keeps a window whose start would move)."""
+    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _join(running: _Batch, newcomers: _Batch) -> _Batch:
+    """One batch of both: the shorter caches and masks are padded on the left (masked, so nothing changes)."""
+    length = max(running.mask.shape[1], newcomers.mask.shape[1])
+
+    def pad(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = length - tensor.shape[dim]
+        if missing == 0:
+            return tensor
+        widths = [0, 0] * (tensor.dim() - 1 - dim) + [missing, 0]
+        return F.pad(tensor, widths)
+
+    for old, new in zip(running.cache.layers, newcomers.cache.layers):
+        old.keys = torch.cat([pad(old.keys, 2), pad(new.keys, 2)])
+        old.values = torch.cat([pad(old.values, 2), pad(new.values, 2)])
+    running.jobs = running.jobs + newcomers.jobs
+    running.mask = torch.cat([pad(running.mask, 1), pad(newcomers.mask, 1)])
+    running.positions = torch.cat([running.positions, newcomers.positions])
+    running.logits = torch.cat([running.logits, newcomers.logits])
+    return running
+
+
+__all__ = [
+    "Completion", "Engine", "EngineBusy", "EngineClosed", "Request", "RequestError", "Stream", "decode_image", "shown",
+]

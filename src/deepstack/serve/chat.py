@@ -1,0 +1,136 @@
+"""``deepstack chat``: talk to a model in the terminal, over the same engine the server uses (docs/serve.md).
+
+The answer is printed as it is generated; Ctrl-C stops it (what was said so far stays in the conversation).
+Commands: ``/image PATH`` attaches an image to your next message, ``/reset`` starts over, ``/save FILE`` writes
+the conversation as JSON (images by path), ``/quit`` (or Ctrl-D) leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from ..infer.engine import Engine, Request, RequestError, decode_image
+
+PROMPT = "you> "
+HELP = "commands: /image PATH, /reset, /save FILE, /quit; Ctrl-C stops an answer"
+
+
+class Conversation:
+    """The turns so far, as engine messages; each image part also keeps its path (for ``/save``)."""
+
+    def __init__(self, system: str | None = None):
+        self.system = system
+        self.messages: list[dict] = []
+        self.attached: list[dict] = []  # image parts waiting for the next user message
+
+    def reset(self) -> None:
+        self.messages, self.attached = [], []
+
+    def attach(self, path: str, max_pixels: int) -> dict:
+        data = Path(path).expanduser().read_bytes()
+        image = decode_image(data, max_pixels)  # refuse a bad file now, not in the middle of a turn
+        part = {"type": "image", "image": data, "path": str(Path(path).expanduser().resolve())}
+        self.attached.append(part)
+        return {"size": image.size}
+
+    def request(self, text: str, **settings) -> Request:
+        """The request for a new user message (not yet added: a refused request changes nothing)."""
+        turn = {"role": "user", "content": [*self.attached, {"type": "text", "text": text}]}
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return Request(system + self.messages + [turn], **settings)
+
+    def add(self, request: Request, answer: str) -> None:
+        self.messages = request.messages[1 if self.system else 0 :] + [{"role": "assistant", "content": answer}]
+        self.attached = []
+
+    def save(self, path: str) -> None:
+        def plain(part: dict) -> dict:
+            return {"type": "image", "path": part["path"]} if part["type"] == "image" else part
+
+        turns = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str)
+                  else [plain(part) for part in m["content"]]} for m in self.messages]
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        Path(path).write_text(json.dumps({"messages": system + turns}, indent=2, ensure_ascii=False) + "\n")
+
+
+def run_chat(engine: Engine, system: str | None = None, max_tokens: int = 512, temperature: float = 0.0,
+             input_stream: TextIO | None = None, output: TextIO | None = None) -> None:
+    """The chat loop over a running engine, reading ``input_stream`` (stdin) and writing ``output`` (stdout)."""
+    input_stream, output = input_stream or sys.stdin, output or sys.stdout
+    conversation = Conversation(system)
+
+    def say(text: str) -> None:
+        output.write(text + "\n")
+        output.flush()
+
+    say(f"chatting with a DeepStack model; {HELP}")
+    while True:
+        output.write(PROMPT)
+        output.flush()
+        try:
+            line = input_stream.readline()
+        except KeyboardInterrupt:
+            say("\n(/quit or Ctrl-D to leave)")
+            continue
+        if not line:  # end of input (Ctrl-D)
+            say("")
+            return
+        line = line.strip()
+        command, _, argument = line.partition(" ")
+        if not line:
+            continue
+        if command == "/quit":
+            return
+        if command == "/reset":
+            conversation.reset()
+            say("(conversation cleared)")
+        elif command == "/image":
+            try:
+                size = conversation.attach(argument.strip(), engine.max_image_pixels)["size"]
+                say(f"(attached {argument.strip()}, {size[0]}x{size[1]}; it goes with your next message)")
+            except (OSError, ValueError) as error:
+                say(f"(cannot use that image: {error})")
+        elif command == "/save":
+            try:
+                conversation.save(argument.strip())
+                say(f"(saved {len(conversation.messages)} messages to {argument.strip()})")
+            except OSError as error:
+                say(f"(cannot save: {error})")
+        elif command.startswith("/"):
+            say(f"(unknown command {command}; {HELP})")
+        else:
+            answer_turn(engine, conversation, line, output, max_tokens=max_tokens, temperature=temperature)
+
+
+def answer_turn(engine: Engine, conversation: Conversation, text: str, output: TextIO, **settings) -> None:
+    """Send one user message and print the answer as it comes; Ctrl-C stops it."""
+    try:
+        request = conversation.request(text, **settings)
+        stream = engine.submit(request)
+    except RequestError as error:
+        output.write(f"(not sent: {error})\n")
+        return
+    try:
+        for delta in stream:
+            output.write(delta)
+            output.flush()
+    except KeyboardInterrupt:
+        stream.cancel()
+        output.write(" [stopped]")
+    completion = stream.result(timeout=60)
+    output.write("\n")
+    output.flush()
+    conversation.add(request, completion.text)
+
+
+def chat(model_dir: str | Path, device: str = "auto", dtype: str = "auto", system: str | None = None,
+         max_tokens: int = 512, temperature: float = 0.0) -> None:
+    """Load the model in ``model_dir`` and chat with it in this terminal."""
+    with Engine.from_pretrained(model_dir, device, dtype, max_batch_size=1, batch_wait_ms=0) as engine:
+        run_chat(engine, system, max_tokens, temperature)
+
+
+__all__ = ["Conversation", "chat", "run_chat"]

@@ -1,0 +1,221 @@
+"""The inference engine: requests served together in one batch get the answers they get alone (greedy), the
+stream of text deltas adds up to the answer, stop strings end it, a seed fixes a sampled answer, and an image
+is encoded once for all the turns of a conversation."""
+
+import io
+import threading
+
+import pytest
+
+from deepstack.infer.engine import Engine, EngineBusy, Request, RequestError
+from tests.fixtures import random_image, tiny
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return tiny("llm")
+
+
+@pytest.fixture(scope="module")
+def engine(parts):
+    with Engine(*parts, max_batch_size=4, batch_wait_ms=500) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def alone(parts):
+    """The same model serving one request at a time."""
+    with Engine(*parts, max_batch_size=1, batch_wait_ms=0) as engine:
+        yield engine
+
+
+def png(seed: int, size=(48, 40)) -> bytes:
+    buffer = io.BytesIO()
+    random_image(seed, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def user(*parts) -> list[dict]:
+    content = [{"type": "text", "text": p} if isinstance(p, str) else {"type": "image", "image": p} for p in parts]
+    return [{"role": "user", "content": content}]
+
+
+def requests_of_different_lengths() -> list[Request]:
+    return [
+        Request(user(png(0), "short"), max_tokens=6),
+        Request(user("a much longer question before the image, then", png(1, (30, 64)), "and after it"), max_tokens=9),
+        Request(user("no image at all"), max_tokens=4),
+        Request(user(png(2), png(0), "two images"), max_tokens=7),
+    ]
+
+
+def test_greedy_answers_in_a_batch_equal_each_request_served_alone(engine, alone):
+    requests = requests_of_different_lengths()
+    streams = [engine.submit(request) for request in requests]  # within batch_wait_ms: one batch of 4
+    together = [stream.result(timeout=120) for stream in streams]
+    assert engine.largest_batch == 4
+    for request, stream, answer in zip(requests, streams, together):
+        single = alone.submit(request)
+        assert single.result(timeout=120) == answer
+        assert single.token_ids == stream.token_ids
+        assert answer.completion_tokens == len(stream.token_ids) and answer.finish_reason in ("stop", "length")
+
+
+def test_engine_answer_is_model_generate_greedy(parts, alone):
+    model, processor = parts
+    image = random_image(4)
+    inputs = processor(images=[image], text="<image>\nwhat is it?", use_chat_template=True)
+    expected = model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    stream = alone.submit(Request(user(image, "what is it?"), max_tokens=8))
+    stream.result(timeout=60)
+    assert stream.token_ids == expected.tolist()
+    assert stream.prompt_tokens == inputs["input_ids"].shape[1]
+
+
+def test_a_request_arriving_during_a_batch_joins_it_and_gets_its_alone_answer(parts, alone):
+    with Engine(*parts, max_batch_size=4, batch_wait_ms=0) as engine:
+        long = engine.submit(Request(user("go"), max_tokens=60))
+        next(iter(long))  # the long request is being decoded
+        late = [  # one shorter than the running rows, one longer: each side gets padded
+            Request(user("late"), max_tokens=5),
+            Request(user("later still, and with an image", png(6), "that makes it longer"), max_tokens=8),
+        ]
+        late_streams = [engine.submit(request) for request in late]
+        late_answers = [stream.result(timeout=60) for stream in late_streams]
+        assert not long.done, "the late requests finished while the long one was still going"
+        long_answer = long.result(timeout=60)
+        assert engine.joined >= 1
+    for request, stream, answer in zip(late, late_streams, late_answers):
+        single = alone.submit(request)
+        assert single.result(timeout=60) == answer and single.token_ids == stream.token_ids
+    assert alone.generate(Request(user("go"), max_tokens=60), timeout=60) == long_answer
+
+
+def test_streamed_deltas_add_up_to_the_final_text(engine):
+    stream = engine.submit(Request(user(png(3), "tell me"), max_tokens=20))
+    deltas = list(stream)
+    answer = stream.result()
+    assert len(deltas) > 1 and all(deltas)
+    assert "".join(deltas) == answer.text
+    assert answer.finish_reason == "length" and answer.completion_tokens == 20
+
+
+def test_a_stop_string_ends_the_answer_before_it(alone):
+    question = user(png(3), "tell me")
+    full = alone.generate(Request(question, max_tokens=20), timeout=60).text
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    stream = alone.submit(Request(question, max_tokens=20, stop=["never produced", stop]))
+    deltas = list(stream)
+    answer = stream.result()
+    assert answer.text == full[: full.find(stop)] == "".join(deltas)
+    assert answer.finish_reason == "stop" and answer.completion_tokens < 20
+
+
+def test_a_seed_fixes_a_sampled_answer_in_any_batch(engine, alone):
+    def sampled(seed):
+        return Request(user(png(1), "imagine"), max_tokens=12, temperature=1.0, top_p=0.9, seed=seed)
+
+    first = alone.generate(sampled(7), timeout=60)
+    streams = [engine.submit(request) for request in [sampled(7), *requests_of_different_lengths()[:2], sampled(8)]]
+    in_batch, other_seed = streams[0].result(timeout=60), streams[-1].result(timeout=60)
+    assert in_batch == first
+    assert other_seed.text != first.text
+
+
+def test_temperature_zero_is_greedy_whatever_the_seed(alone):
+    question = user("hello")
+    greedy = alone.generate(Request(question, max_tokens=8), timeout=60)
+    assert alone.generate(Request(question, max_tokens=8, seed=1, top_p=0.5), timeout=60) == greedy
+
+
+def test_an_image_is_encoded_once_for_the_turns_of_a_conversation(parts):
+    model, processor = parts
+    calls = []
+    hook = model.vision_tower.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with Engine(model, processor, batch_wait_ms=0) as engine:
+            image = png(9)
+            turn = user(image, "what is this?")
+            first = engine.generate(Request(turn, max_tokens=4), timeout=60)
+            after_first = len(calls)
+            follow_up = turn + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "sure?"}]
+            engine.generate(Request(follow_up, max_tokens=4), timeout=60)
+            assert after_first > 0 and len(calls) == after_first  # the second turn ran no vision tower
+            engine.generate(Request(user(png(10), "and this?"), max_tokens=4), timeout=60)
+            assert len(calls) > after_first  # a new image is encoded
+    finally:
+        hook.remove()
+
+
+def test_the_image_cache_is_bounded(parts):
+    with Engine(*parts, batch_wait_ms=0, image_cache_bytes=1) as engine:
+        engine.generate(Request(user(png(9), "q"), max_tokens=1), timeout=60)
+        assert len(engine.images) == 0 and engine.images.nbytes == 0
+
+
+def test_a_cancelled_request_leaves_the_batch(parts):
+    with Engine(*parts, batch_wait_ms=0) as engine:
+        stream = engine.submit(Request(user("go on and on"), max_tokens=1500))
+        next(iter(stream))
+        stream.cancel()
+        answer = stream.result(timeout=30)
+        assert answer.finish_reason == "cancelled" and answer.completion_tokens < 1500
+        assert engine.generate(Request(user("next"), max_tokens=2), timeout=30).completion_tokens == 2
+
+
+def test_a_full_queue_refuses_with_engine_busy(parts):
+    with Engine(*parts, max_batch_size=1, max_queue=1, batch_wait_ms=0) as engine:
+        running = engine.submit(Request(user("long"), max_tokens=1500))
+        next(iter(running))  # taken off the queue by the engine
+        waiting = engine.submit(Request(user("waits"), max_tokens=1))
+        with pytest.raises(EngineBusy, match="already waiting"):
+            engine.submit(Request(user("one too many"), max_tokens=1))
+        running.cancel()
+        assert waiting.result(timeout=30).completion_tokens == 1
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "param", "match"),
+    [
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", "one of system, user, assistant"),
+        ({"messages": []}, "messages", "non-empty"),
+        ({"messages": user("hi"), "temperature": -1}, "temperature", "at least 0"),
+        ({"messages": user("hi"), "top_p": 0}, "top_p", "above 0"),
+        ({"messages": user("hi"), "max_tokens": 0}, "max_tokens", "at least 1"),
+        ({"messages": user("hi"), "max_tokens": True}, "max_tokens", "integer"),
+        ({"messages": user("hi"), "stop": ["a", ""]}, "stop", "non-empty string"),
+        ({"messages": user("hi"), "max_tokens": 5000}, "max_tokens", "2048 positions"),
+        ({"messages": user("x" * 3000)}, "messages", "2048 positions"),
+        ({"messages": user("see <image> here")}, "messages[0].content", "image parts"),
+        ({"messages": user(b"not an image")}, "messages[0].content[0]", "not an image"),
+        ({"messages": user(png(0)[:200])}, "messages[0].content[0]", "truncated"),
+        ({"messages": [{"role": "assistant", "content": [{"type": "image", "image": b""}]}]},
+         "messages[0].content[0]", "only user messages"),
+    ],
+)
+def test_requests_that_cannot_be_served_name_the_field(engine, request_kwargs, param, match):
+    with pytest.raises(RequestError, match=match) as error:
+        engine.submit(Request(**request_kwargs))
+    assert error.value.param == param
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(parts):
+    with Engine(*parts, max_image_pixels=100) as engine:
+        with pytest.raises(RequestError, match="over the limit of 100") as error:
+            engine.submit(Request(user(png(0)), max_tokens=1))
+    assert error.value.param == "messages[0].content[0]"
+
+
+def test_concurrent_submitters_all_get_their_answers(engine, alone):
+    requests = [Request(user(f"question number {index}" * (index + 1)), max_tokens=3 + index) for index in range(6)]
+    answers = [None] * len(requests)
+
+    def ask(index):
+        answers[index] = engine.generate(requests[index], timeout=120)
+
+    threads = [threading.Thread(target=ask, args=(index,)) for index in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert answers == [alone.generate(request, timeout=60) for request in requests]

@@ -285,19 +285,24 @@ class Stream(BaseStreamer):
 def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """The bytes of an image file as a fully loaded PIL image, or ``ValueError`` saying what is wrong. The
     size is checked from the header before any pixel is decoded (a decompression bomb costs nothing)."""
+    too_large = "the image is {}x{} pixels, over the limit of {:,}; resize it"
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ValueError(f"the image is {width}x{height} pixels, over the limit of {max_pixels:,}; resize it")
-            if width == 0 or height == 0:
-                raise ValueError(f"the image is {width}x{height} pixels: nothing to see")
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # over PIL's own limit, refused while reading the header
+        raise ValueError(f"the image is over the limit of {max_pixels:,} pixels; resize it") from None
+    except Exception:  # noqa: BLE001 - PIL's plugins raise many kinds of error on data they do not recognise
+        raise ValueError("not an image PIL can read (PNG, JPEG, WebP, ...)") from None
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ValueError(too_large.format(width, height, max_pixels))
+        if width == 0 or height == 0:
+            raise ValueError(f"the image is {width}x{height} pixels: nothing to see")
+        try:
             image.load()
             return image.copy()
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise ValueError("not an image PIL can read (PNG, JPEG, WebP, ...)") from None
-    except (OSError, SyntaxError) as error:  # truncated or corrupt data (PIL raises SyntaxError for some formats)
-        raise ValueError(f"unreadable or truncated image ({error})") from None
+        except Exception as error:  # noqa: BLE001 - truncated or corrupt pixel data
+            raise ValueError(f"unreadable or truncated image ({error})") from None
 
 
 def image_key(image: Image.Image | bytes) -> str:
@@ -537,7 +542,7 @@ class Engine:
                 raise ValueError(f"the image is {image.width}x{image.height} pixels, over the limit of "
                                  f"{self.max_image_pixels:,}; resize it")
             return self.processor.image_views(image)
-        except ValueError as error:
+        except Exception as error:  # noqa: BLE001 - whatever an image does to PIL, it is this request's image
             raise RequestError(place, f"{place}: {error}", "invalid_image") from None
 
     def _answer_length(self, request: Request, prompt_tokens: int) -> int:
@@ -599,30 +604,38 @@ class Engine:
 
     def _run(self, jobs: list[_Job]) -> None:
         """Decode ``jobs`` to the end, letting waiting requests join while there is room."""
+        everyone = list(jobs)
         batch = self._start(jobs)
-        while batch is not None and batch.jobs:
-            self.active = len(batch.jobs)
-            self.largest_batch = max(self.largest_batch, self.active)
-            try:
+        try:
+            while batch is not None and batch.jobs:
+                self.active = len(batch.jobs)
+                self.largest_batch = max(self.largest_batch, self.active)
                 with torch.inference_mode():
                     tokens = self._deliver(batch, self._next_tokens(batch))
                     if batch.jobs:
                         batch.logits = self._decode_step(batch, tokens)
-            except Exception as error:  # noqa: BLE001 - every request of the batch gets the error
-                for job in batch.jobs:
+                    batch = self._admit(batch, everyone)
+        except Exception as error:  # noqa: BLE001 - every request still going gets the error; the engine goes on
+            for job in everyone:
+                if not job.stream.done:
                     job.stream.fail(error)
-                break
-            room = self.max_batch_size - len(batch.jobs)
-            if room > 0 and (not batch.jobs or _joinable(batch.cache)):
-                newcomers = self._take_waiting(room)
-                if newcomers:
-                    joined = self._start(newcomers)
-                    if joined is not None and batch.jobs:
-                        self.joined += len(joined.jobs)
-                        batch = _join(batch, joined)
-                    elif joined is not None:
-                        batch = joined
-        self.active = 0
+        finally:
+            self.active = 0
+
+    def _admit(self, batch: _Batch, everyone: list[_Job]) -> _Batch | None:
+        """``batch`` with the waiting requests that fit in it (continuous batching)."""
+        room = self.max_batch_size - len(batch.jobs)
+        if room == 0 or (batch.jobs and not _joinable(batch.cache)):
+            return batch
+        newcomers = self._take_waiting(room)
+        everyone += newcomers
+        joined = self._start(newcomers) if newcomers else None
+        if joined is None:
+            return batch
+        if not batch.jobs:
+            return joined
+        self.joined += len(joined.jobs)
+        return _join(batch, joined)
 
     def _start(self, jobs: list[_Job]) -> _Batch | None:
         try:

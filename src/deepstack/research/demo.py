@@ -29,7 +29,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = False, llm: str = "tiny-ll
         recipe = recipe.with_steps(recipe.steps // 3)  # a real LLM is far slower per step on a CPU
     data = out / "data"
     print(f"demo: writing the fine-detail data ({recipe.sizes}) to {data}")
-    make_data(data, seed=seed, sizes=recipe.sizes)
+    make_data(data, seed=seed, sizes=recipe.sizes, questions=recipe.questions)
     runs = []
     for mode in ("none", "llm"):
         print(f"demo: training stack_mode={mode} for {recipe.steps} steps (seed {seed})")
@@ -41,18 +41,17 @@ def demo(out: str | Path = "runs/demo", quick: bool = False, llm: str = "tiny-ll
         "seconds": round(time.time() - started, 1),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    figure(runs, data, out / "demo.png")
-    print_table(results["runs"])
+    figure(runs, data, out / "demo.png", recipe.questions)
+    print_table(results["runs"], recipe.questions)
     print(f"demo: {results['seconds']:.0f}s in all; results.json and demo.png in {out}")
     return results
 
 
-def print_table(runs: list[dict]) -> None:
+def print_table(runs: list[dict], questions: tuple[str, ...] = tuple(QUESTIONS)) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="DeepStack demo: fine-detail task, test split (exact match)")
-    questions = list(QUESTIONS)
     for column in ("mode", "context", "visual tokens", "fine", "coarse", *questions, "prefill ms"):
         table.add_column(column, justify="right")
     for run in runs:
@@ -63,11 +62,14 @@ def print_table(runs: list[dict]) -> None:
     if not console.is_terminal:  # a log file: wide enough for the whole table rather than rich's default 80
         console = Console(width=120)
     console.print(table)
-    print("context: image tokens in the LLM's sequence; visual tokens: those it sees in any way; fine = digit and "
-          "pattern questions, coarse = colour and shape; prefill: one image and question, batch 1")
+    fine = " and ".join(q for q in questions if QUESTIONS[q][0] == "fine")
+    coarse = " and ".join(q for q in questions if QUESTIONS[q][0] == "coarse")
+    print(f"context: image tokens in the LLM's sequence; visual tokens: those it sees in any way; fine = {fine} "
+          f"question(s), coarse = {coarse}; prefill: one image and question, batch 1")
 
 
-def figure(runs: list[dict], data: Path, path: Path, examples: int = 4) -> None:
+def figure(runs: list[dict], data: Path, path: Path, questions: tuple[str, ...] = tuple(QUESTIONS),
+           examples: int = 4) -> None:
     # a few test images, each twice: as the global view the LLM's sequence gets (32 px) and as the hi-res view the
     # stacks come from (64 px), with one fine question on each and every model's answer
     fine = [p for p in runs[0]["predictions"] if p["kind"] == "fine"]
@@ -88,12 +90,12 @@ def figure(runs: list[dict], data: Path, path: Path, examples: int = 4) -> None:
             lines += [f"{run['mode']}: {lookup[prediction['id']]['prediction']!r}" for run, lookup in zip(runs, by_mode)]
             axis.set_title("\n".join(lines), fontsize=7.5)
         axis = fig.add_subplot(grid[1, :])
-        names = ["fine", "coarse", *QUESTIONS]
+        names = ["fine", "coarse", *questions]
         width = 0.8 / len(runs)
         for index, run in enumerate(runs):
-            values = [run["fine_accuracy"], run["coarse_accuracy"], *(run["per_question"].get(q, 0.0) for q in QUESTIONS)]
+            values = [run["fine_accuracy"], run["coarse_accuracy"], *(run["per_question"].get(q, 0.0) for q in questions)]
             bars = axis.bar([k + index * width for k in range(len(names))], values, width, label=run["mode"])
             axis.bar_label(bars, labels=[f"{v:.0%}" for v in values], fontsize=7)
-        labels = ["fine questions", "coarse questions", *(f"{q} ({QUESTIONS[q][0]})" for q in QUESTIONS)]
+        labels = ["fine questions", "coarse questions", *(f"{q} ({QUESTIONS[q][0]})" for q in questions)]
         axis.set_xticks([k + width * (len(runs) - 1) / 2 for k in range(len(names))], labels, fontsize=8)
         axis.set_ylim(0, 1.12), axis.set_ylabel("exact-match accuracy (test)"), axis.legend(fontsize=8)

@@ -107,17 +107,20 @@ def run_chat(engine: Engine, system: str | None = None, max_tokens: int = 512, t
 
 def answer_turn(engine: Engine, conversation: Conversation, text: str, output: TextIO, **settings) -> None:
     """Send one user message and print the answer as it comes; Ctrl-C stops it."""
+    stream = None
     try:
         request = conversation.request(text, **settings)
         stream = engine.submit(request)
-    except RequestError as error:
-        output.write(f"(not sent: {error})\n")
-        return
-    try:
         for delta in stream:
             output.write(delta)
             output.flush()
+    except RequestError as error:
+        output.write(f"(not sent: {error})\n")
+        return
     except KeyboardInterrupt:
+        if stream is None:
+            output.write("(not sent)\n")
+            return
         stream.cancel()
         output.write(" [stopped]")
     completion = stream.result(timeout=60)

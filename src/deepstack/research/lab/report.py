@@ -56,22 +56,29 @@ def _claims(claims: list[dict]) -> list[str]:
     return lines
 
 
-def _arm_cells(row: dict, seeds: list[int]) -> list[str]:
+def _asked(rows: list[dict]) -> list[str]:
+    """The task's questions that the group's runs were asked, in the task's order."""
+    return [q for q in QUESTIONS if any(row["summary"] and q in row["summary"] for row in rows)]
+
+
+def _arm_cells(row: dict, seeds: list[int], questions: list[str]) -> list[str]:
     """One arm's cells; an arm short of seeds names the seeds it has, an arm with none has empty cells."""
     label = row["label"]
     if len(row["seeds_done"]) != len(seeds):
         label += f" (seeds {', '.join(map(str, row['seeds_done'])) or 'none yet'})"
     summary = row["summary"]
     if summary is None:
-        return [label] + [""] * (len(QUESTIONS) + 5)
+        return [label] + [""] * (len(questions) + 5)
     return [label, row["llm_image_tokens"], row["visual_tokens_seen"], _cell(summary["fine"]),
-            _cell(summary["coarse"]), *(_cell(summary[q]) if q in summary else "" for q in QUESTIONS),
+            _cell(summary["coarse"]), *(_cell(summary[q]) if q in summary else "" for q in questions),
             f"{row['train_seconds']:.0f}"]
 
 
 def _group(group: dict, seeds: list[int]) -> list[str]:
-    header = ["arm", "LLM context", "visual tokens seen", "fine", "coarse", *QUESTIONS, "train s"]
-    lines = [f"## {group['title']}", "", markdown_table(header, [_arm_cells(row, seeds) for row in group["rows"]])]
+    questions = _asked(group["rows"])
+    header = ["arm", "LLM context", "visual tokens seen", "fine", "coarse", *questions, "train s"]
+    rows = [_arm_cells(row, seeds, questions) for row in group["rows"]]
+    lines = [f"## {group['title']}", "", markdown_table(header, rows)]
     flat = unseparated(group["rows"])
     if flat:
         lines += ["", "Questions on which these arms do not differ (means within the seeds' spread, at least 2 "

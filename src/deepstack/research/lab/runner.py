@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..recipe import FULL, Recipe, train_and_evaluate
-from ..tasks.finedetail import TASK_VERSION, make_data
+from ..tasks.finedetail import QUESTIONS, TASK_VERSION, make_data
 from .arms import GROUPS, Arm, arms_of
 from .report import write_report
 from .stats import collect
@@ -63,17 +63,18 @@ def _checked(groups: list[str]) -> list[str]:
 
 def _ensure_data(data: Path, recipe: Recipe) -> None:
     """The fine-detail data of this task version and the recipe's sizes in ``data``, written if missing or other."""
-    if _dataset(data) != {"version": TASK_VERSION, "sizes": recipe.sizes}:
-        print(f"lab: writing the fine-detail data ({recipe.sizes}) to {data}")
-        make_data(data, seed=0, sizes=recipe.sizes)
+    if _dataset(data) != {"version": TASK_VERSION, "sizes": recipe.sizes, "questions": list(recipe.questions)}:
+        print(f"lab: writing the fine-detail data ({recipe.sizes}, {', '.join(recipe.questions)}) to {data}")
+        make_data(data, seed=0, sizes=recipe.sizes, questions=recipe.questions)
 
 
 def _dataset(data: Path) -> dict | None:
-    """The version and sizes of the dataset in ``data``, or None when there is none."""
+    """The version, sizes and questions of the dataset in ``data``, or None when there is none."""
     if not (data / "dataset.json").exists():
         return None
     written = json.loads((data / "dataset.json").read_text())
-    return {"version": written.get("version"), "sizes": written["sizes"]}
+    return {"version": written.get("version"), "sizes": written["sizes"],
+            "questions": written.get("questions", list(QUESTIONS))}
 
 
 def _job(arm: Arm, seed: int, data: Path, out: Path, recipe: Recipe) -> tuple:
@@ -140,6 +141,7 @@ def _load_runs(log: Path, recipe: Recipe) -> dict[tuple[str, int], dict]:
                     "it; delete that line (that run trains again) and rerun, the other runs are kept"
                 ) from None
             # runs of another recipe or another version of the task do not count
-            if run["recipe"] == _as_json(recipe) and run.get("task_version") == TASK_VERSION:
+            stored = {"questions": list(QUESTIONS), **run["recipe"]}  # runs from before the field asked all four
+            if stored == _as_json(recipe) and run.get("task_version") == TASK_VERSION:
                 runs[run["key"], run["seed"]] = run
     return runs

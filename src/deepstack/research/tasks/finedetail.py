@@ -91,11 +91,17 @@ def draw_scene(rng: random.Random, scene: Scene | None = None) -> tuple[Image.Im
     return image, scene
 
 
-def make_data(out: str | Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, int]:
-    """Write the dataset; deterministic for a seed. Returns the number of images per split."""
+def make_data(out: str | Path, seed: int = 0, sizes: dict[str, int] | None = None,
+              questions: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Write the dataset; deterministic for a seed. Returns the number of images per split. ``questions``: the
+    question kinds asked (default: all of ``QUESTIONS``)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     sizes = sizes or SPLITS
+    questions = tuple(questions or QUESTIONS)
+    unknown = [question for question in questions if question not in QUESTIONS]
+    if unknown:
+        raise ValueError(f"unknown question(s) {', '.join(unknown)}; choose from {', '.join(QUESTIONS)}")
     for split_index, (split, count) in enumerate(sizes.items()):
         rng = random.Random(seed * 1000 + split_index)
         records = []
@@ -104,7 +110,7 @@ def make_data(out: str | Path, seed: int = 0, sizes: dict[str, int] | None = Non
             name = f"{split}-{index:05d}.png"
             image.save(out / "images" / name)
             if split == "train":
-                order = list(QUESTIONS)
+                order = list(questions)
                 rng.shuffle(order)
                 turns = []
                 for position, question in enumerate(order):
@@ -115,7 +121,8 @@ def make_data(out: str | Path, seed: int = 0, sizes: dict[str, int] | None = Non
                     ]
                 records.append({"id": name[:-4], "image": name, "conversations": turns})
             else:
-                for question, (kind, prompt) in QUESTIONS.items():
+                for question in questions:
+                    kind, prompt = QUESTIONS[question]
                     records.append(
                         {
                             "id": f"{name[:-4]}-{question}",
@@ -130,7 +137,8 @@ def make_data(out: str | Path, seed: int = 0, sizes: dict[str, int] | None = Non
                     )
         (out / f"{split}.json").write_text(json.dumps(records))
     (out / "dataset.json").write_text(
-        json.dumps({"version": TASK_VERSION, "seed": seed, "sizes": sizes, "canvas": CANVAS}, indent=2)
+        json.dumps({"version": TASK_VERSION, "seed": seed, "sizes": sizes, "questions": list(questions),
+                    "canvas": CANVAS}, indent=2)
     )
     return dict(sizes)
 

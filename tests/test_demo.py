@@ -5,10 +5,11 @@ import json
 import random
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from deepstack.cli import main
-from deepstack.research.tasks.finedetail import CANVAS, PATTERNS, SHAPES, Scene, draw_scene, make_data
+from deepstack.research.tasks.finedetail import CANVAS, PATTERNS, QUESTIONS, SHAPES, Scene, draw_scene, make_data
 
 
 def test_make_data_is_deterministic_and_in_llava_format(tmp_path):
@@ -61,13 +62,31 @@ def test_the_digit_fills_one_hires_patch(tmp_path):
         assert (tag < 200).sum() >= 6, "the digit is drawn on the tag"
 
 
-def test_quick_demo_completes_with_sane_results(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--steps", "20"]) == 0
+@pytest.mark.slow
+def test_quick_demo_shows_the_claim_in_miniature(tmp_path, capsys):
+    """The quick recipe, seed 0: both models answer the coarse question, and only DeepStack-L reads the pattern
+    that the 32 px global view averages away (chance: 1 in 3)."""
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [run["mode"] for run in results["runs"]] == ["none", "llm"]
-    for run in results["runs"]:
-        assert 0 <= run["fine_accuracy"] <= 1 and 0 <= run["coarse_accuracy"] <= 1
-        assert run["llm_image_tokens"] == 16 and run["prefill_ms"] > 0
+    none, llm = results["runs"]
+    assert (none["mode"], llm["mode"]) == ("none", "llm")
+    assert none["coarse_accuracy"] >= 0.9 and llm["coarse_accuracy"] >= 0.9
+    assert llm["per_question"]["pattern"] >= none["per_question"]["pattern"] + 0.30
+    assert none["per_question"]["pattern"] <= 0.45  # the global view alone does not show it
+    assert set(none["per_question"]) == {"pattern", "colour"}
+    assert [run["llm_image_tokens"] for run in results["runs"]] == [16, 16]
     assert [run["visual_tokens_seen"] for run in results["runs"]] == [16, 80]
+    printed = capsys.readouterr().out
+    assert f"results.json and demo.png in {tmp_path}" in printed and "pattern" in printed
     assert (tmp_path / "demo.png").stat().st_size > 10_000
-    assert "visual tokens" in capsys.readouterr().out
+
+
+def test_make_data_asks_only_the_chosen_questions(tmp_path):
+    make_data(tmp_path, sizes={"train": 3, "val": 1, "test": 2}, questions=("pattern", "colour"))
+    train = json.loads((tmp_path / "train.json").read_text())
+    asked = {turn["value"].replace("<image>\n", "") for record in train for turn in record["conversations"][::2]}
+    assert asked == {QUESTIONS["pattern"][1], QUESTIONS["colour"][1]}
+    test = json.loads((tmp_path / "test.json").read_text())
+    assert [record["question"] for record in test] == ["pattern", "colour"] * 2
+    with pytest.raises(ValueError, match="unknown question"):
+        make_data(tmp_path, sizes={"train": 1}, questions=("texture",))

@@ -70,25 +70,31 @@ def print_table(runs: list[dict], questions: tuple[str, ...] = tuple(QUESTIONS))
 
 def figure(runs: list[dict], data: Path, path: Path, questions: tuple[str, ...] = tuple(QUESTIONS),
            examples: int = 4) -> None:
-    # a few test images, each twice: as the global view the LLM's sequence gets (32 px) and as the hi-res view the
-    # stacks come from (64 px), with one fine question on each and every model's answer
-    fine = [p for p in runs[0]["predictions"] if p["kind"] == "fine"]
-    images = list(dict.fromkeys(p["image"] for p in fine))[: examples // 2]
-    fine = [p for p in fine if p["image"] in images]
+    # a few test images, each twice side by side: the global view the LLM's sequence gets (32 px) and the hi-res
+    # view the stacks come from (64 px), with one fine question and every model's answer
+    first_fine = {}
+    for prediction in runs[0]["predictions"]:
+        if prediction["kind"] == "fine":
+            first_fine.setdefault(prediction["image"], prediction)
+    shown = list(first_fine.values())[: examples // 2]
     by_mode = [{p["id"]: p for p in run["predictions"]} for run in runs]
-    with saved_figure(path, figsize=(2.6 * examples, 6.4), dpi=110) as fig:
+    with saved_figure(path, figsize=(2.6 * examples, 6.6), dpi=110) as fig:
+        fig.suptitle("Same 16-token context: none sees the global view only, llm adds 4 stacks from the hi-res view",
+                     fontsize=10)
         grid = fig.add_gridspec(2, examples, height_ratios=[1.25, 1])
-        for column, prediction in enumerate(fine):
-            axis = fig.add_subplot(grid[0, column])
+        for index, prediction in enumerate(shown):
             image = load_image(data / "images" / prediction["image"]).convert("RGB")
             global_view = image.resize((image.width // 2, image.height // 2), Image.Resampling.BICUBIC)
-            shown = image if column % 2 else global_view.resize(image.size, Image.Resampling.NEAREST)
-            axis.imshow(shown, interpolation="nearest")
-            axis.set_xticks([]), axis.set_yticks([])
-            axis.set_xlabel("hi-res view (64 px)" if column % 2 else "global view (32 px)", fontsize=7.5)
-            lines = [prediction["prompt"], f"right answer: {prediction['answer']}"]
-            lines += [f"{run['mode']}: {lookup[prediction['id']]['prediction']!r}" for run, lookup in zip(runs, by_mode)]
-            axis.set_title("\n".join(lines), fontsize=7.5)
+            answers = [f"{run['mode']}: {lookup[prediction['id']]['prediction']!r}" for run, lookup in zip(runs, by_mode)]
+            for offset, (picture, label) in enumerate(((global_view.resize(image.size, Image.Resampling.NEAREST),
+                                                        "global view (32 px)"), (image, "hi-res view (64 px)"))):
+                axis = fig.add_subplot(grid[0, 2 * index + offset])
+                axis.imshow(picture, interpolation="nearest")
+                axis.set_xticks([]), axis.set_yticks([])
+                axis.set_xlabel(label, fontsize=7.5)
+                if offset == 0:
+                    lines = [prediction["prompt"], f"right answer: {prediction['answer']}", *answers]
+                    axis.set_title("\n".join(lines), fontsize=7.5, loc="left")
         axis = fig.add_subplot(grid[1, :])
         names = ["fine", "coarse", *questions]
         width = 0.8 / len(runs)

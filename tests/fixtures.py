@@ -82,3 +82,12 @@ def write_config(folder: Path, data_file: Path, **sections) -> Path:
     path = folder / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def table_row(markdown: str, label: str) -> list[str] | None:
+    """The cells of the Markdown table row whose first cell is ``label`` (the columns' padding stripped)."""
+    for line in markdown.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == label:
+            return cells
+    return None

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 import deepstack.research.bench.measure as measure
 from deepstack.model.tiny import tiny_text_config
 from deepstack.research.bench import Bench, TokenClock, llm_prefill_flops_formula, peak_bytes, report, timed
-from tests.fixtures import tiny
+from tests.fixtures import tiny, table_row
 
 CPU = torch.device("cpu")
 
@@ -18,15 +18,6 @@ CPU = torch.device("cpu")
 def _tiny_bench(repeats: int = 1) -> Bench:
     """A bench of tiny models (N = 16 image tokens, S = 4 stacks at hires_scale 2)."""
     return Bench(lambda mode, hires_scale: tiny(mode, hires_scale=hires_scale), CPU, repeats)
-
-
-def _table_row(markdown: str, label: str) -> list[str] | None:
-    """The cells of the Markdown table row whose first cell is ``label`` (the columns' padding stripped)."""
-    for line in markdown.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == label:
-            return cells
-    return None
 
 
 @pytest.fixture
@@ -105,12 +96,12 @@ def test_report_checks_the_targets_from_the_measured_ratios():
         "scaling": [],
     }
     text = report(results)
-    assert _table_row(text, "llm prefill time <= 1.03 x none (b1, paired rounds, median ratio)")[1:] == ["1.010", "yes"]
-    assert _table_row(text, "llm prefill time <= 1.03 x none (b8, paired rounds, median ratio)")[1:] == ["1.050", "NO"]
-    assert _table_row(text, "global_hires_string prefill >= 4 x llm (b1)")[1:] == ["4.455", "yes"]
-    assert _table_row(text, "all stack additions <= 1% of LLM prefill (b1)")[1:] == ["0.020", "NO"]
+    assert table_row(text, "llm prefill time <= 1.03 x none (b1, paired rounds, median ratio)")[1:] == ["1.010", "yes"]
+    assert table_row(text, "llm prefill time <= 1.03 x none (b8, paired rounds, median ratio)")[1:] == ["1.050", "NO"]
+    assert table_row(text, "global_hires_string prefill >= 4 x llm (b1)")[1:] == ["4.455", "yes"]
+    assert table_row(text, "all stack additions <= 1% of LLM prefill (b1)")[1:] == ["0.020", "NO"]
     # each mode's row carries its measured numbers; what was not measured says so
-    assert _table_row(text, "global_hires_string") == [
+    assert table_row(text, "global_hires_string") == [
         "global_hires_string", "2880", "2913", "450.0 [450.0-450.0]", "3600.0 [3600.0-3600.0]", "10",
         "5.0 [5.0-5.0]", "20.0", "-", "not profiled", "1.0 / 1.0 / 1.2"]
     assert "Device: cpu (2 threads), torch x; v; l; medians of 5 runs" in text

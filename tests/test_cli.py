@@ -122,3 +122,36 @@ def test_make_eval_data_then_eval_then_score_from_the_command_line(model_dir, tm
     assert main(["score", "--task", "pope", "--data", data, "--predictions", str(out / "predictions.jsonl"),
                  "--limit", "4", "--out", str(tmp_path / "rescored")]) == 0
     assert json.loads((tmp_path / "rescored" / "results.json").read_text())["score"] == results["score"]
+
+
+def test_serve_from_the_command_line_answers_a_chat_completion(model_dir):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "deepstack.cli", "serve", "--model", str(model_dir), "--port",
+                               str(port), "--api-key", "k"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        body = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        assert httpx.post(url, json=body, timeout=30).status_code == 401  # the key is required
+        reply = httpx.post(url, json=body, headers={"Authorization": "Bearer k"}, timeout=30)
+        assert reply.status_code == 200
+        assert reply.json()["choices"][0]["finish_reason"] in ("stop", "length")
+        assert reply.json()["usage"]["completion_tokens"] <= 3
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -174,6 +174,26 @@ def test_a_full_queue_refuses_with_engine_busy(parts):
         assert waiting.result(timeout=30).completion_tokens == 1
 
 
+def test_a_model_error_fails_the_requests_of_its_batch_and_the_engine_goes_on(parts):
+    model, processor = parts
+    broken = {"steps": 0}
+
+    def fail_on_the_third_step(*_):
+        broken["steps"] += 1
+        if broken["steps"] == 3:
+            raise RuntimeError("the device fell over")
+
+    hook = model.language_model.register_forward_pre_hook(fail_on_the_third_step)
+    try:
+        with Engine(model, processor, batch_wait_ms=0) as engine:
+            stream = engine.submit(Request(user("hello"), max_tokens=10))
+            with pytest.raises(RuntimeError, match="fell over"):
+                stream.result(timeout=30)
+            assert engine.generate(Request(user("again"), max_tokens=3), timeout=30).completion_tokens == 3
+    finally:
+        hook.remove()
+
+
 @pytest.mark.parametrize(
     ("request_kwargs", "param", "match"),
     [

@@ -4,20 +4,12 @@ import json
 
 import pytest
 
+from tests.fixtures import table_row
 from deepstack.cli import main
 from deepstack.research.recipe import Recipe
 from deepstack.research.lab import GROUPS, claims, collect, lab, plot, report, summarise, unseparated
 
 TINY = Recipe(sizes={"train": 24, "val": 4, "test": 6}, steps=2, batch_size=8)
-
-
-def _table_row(markdown: str, label: str) -> list[str] | None:
-    """The cells of the Markdown table row whose first cell is ``label`` (the columns' padding stripped)."""
-    for line in markdown.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == label:
-            return cells
-    return None
 
 
 def test_lab_trains_each_model_once_per_seed_resumes_and_reports(tmp_path):
@@ -50,7 +42,7 @@ def test_lab_trains_each_model_once_per_seed_resumes_and_reports(tmp_path):
     assert (tmp_path / "runs.jsonl").read_text() == before
     assert not partial["complete"] and partial["groups"]["table6"]["rows"][1]["seeds_done"] == [0, 1]
     markdown = (tmp_path / "lab.md").read_text()
-    assert "**Not finished**" in markdown and _table_row(markdown, "dummy (seeds 0, 1)")[1:3] == ["16", "16"]
+    assert "**Not finished**" in markdown and table_row(markdown, "dummy (seeds 0, 1)")[1:3] == ["16", "16"]
 
 
 def test_summarise_gives_mean_and_sample_std():
@@ -111,9 +103,9 @@ def test_a_report_of_an_unfinished_lab_lists_what_has_not_run(tmp_path):
     assert [row["seeds_done"] for row in rows] == [[0], [], [0]] and rows[1]["summary"] is None
     assert not results["complete"] and results["compute_seconds"] == 4.0
     markdown = report(results)
-    assert _table_row(markdown, "dummy (seeds none yet)")[1:] == [""] * 9  # no numbers without runs
+    assert table_row(markdown, "dummy (seeds none yet)")[1:] == [""] * 9  # no numbers without runs
     # the arm's numbers as collected: fine 20%, coarse 100%, digit 10%, pattern 2 * 20% - 10%, colour, shape, 1 s
-    assert _table_row(markdown, "none (seeds 0)") == [
+    assert table_row(markdown, "none (seeds 0)") == [
         "none (seeds 0)", "16", "16", "20.0% ± 0.0%", "100.0% ± 0.0%", "10.0% ± 0.0%", "30.0% ± 0.0%",
         "100.0% ± 0.0%", "100.0% ± 0.0%", "1"]
     assert "dummy no better than none" not in markdown  # no claim without its runs
@@ -168,8 +160,8 @@ def test_a_lab_cut_off_has_the_report_of_the_runs_that_finished(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         lab(tmp_path, groups=["table6"], seeds=(0,), recipe=TINY, command="test", report_dir=tmp_path / "report")
     markdown = (tmp_path / "report" / "lab.md").read_text()
-    assert "**Not finished**" in markdown and _table_row(markdown, "none")[1:3] == ["16", "16"]
-    assert _table_row(markdown, "dummy (seeds none yet)")[1:] == [""] * 9
+    assert "**Not finished**" in markdown and table_row(markdown, "none")[1:3] == ["16", "16"]
+    assert table_row(markdown, "dummy (seeds none yet)")[1:] == [""] * 9
     assert json.loads((tmp_path / "report" / "lab.json").read_text())["groups"]["table6"]["rows"][0]["seeds_done"] == [0]
 
 

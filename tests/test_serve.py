@@ -299,12 +299,13 @@ def test_hundreds_of_malformed_requests_leave_the_server_answering(client, engin
 
 
 # ---- load --------------------------------------------------------------------------------------------------
-def test_eight_concurrent_clients_get_the_answers_they_get_one_at_a_time(server, client):
+def test_eight_concurrent_clients_get_the_answers_they_get_one_at_a_time(server, client, engine):
     bodies = [[chat(*([image_part(data_url(png(c)))] if c % 2 else []), f"client {c} asks question {r}" + "!" * c,
                     max_tokens=3 + c) for r in range(2)] for c in range(8)]
     sequential = [[client.post("/v1/chat/completions", json=body).json()["choices"][0] for body in per_client]
                   for per_client in bodies]
     concurrent = [[None, None] for _ in bodies]
+    engine.largest_batch = 0
 
     def run(index):
         with httpx.Client(base_url=server, headers=AUTH, timeout=60) as own:
@@ -317,6 +318,7 @@ def test_eight_concurrent_clients_get_the_answers_they_get_one_at_a_time(server,
     for thread in threads:
         thread.join(timeout=120)
     assert concurrent == sequential
+    assert engine.largest_batch > 1  # they were decoded together
 
 
 def test_a_client_that_hangs_up_mid_stream_frees_its_batch_slot(server, client, engine):
@@ -411,6 +413,14 @@ class Terminal:
         before, _, self.seen = self.seen.partition(marker)
         return before
 
+    def read_some(self, timeout: float = 120) -> str:
+        """Wait for output beyond what was read so far."""
+        if not self.seen and select.select([self.fd], [], [], timeout)[0]:
+            self.seen += os.read(self.fd, 4096).decode(errors="replace")
+        assert self.seen, "no output"
+        text, self.seen = self.seen, ""
+        return text
+
     def type(self, keys: str) -> None:
         os.write(self.fd, keys.encode())
 
@@ -427,32 +437,44 @@ class Terminal:
         return -9
 
 
-def test_terminal_chat_streams_attaches_images_saves_and_stops_on_ctrl_c(tmp_path):
+def test_chat_prints_the_answer_keeps_the_conversation_and_saves_it(tmp_path, engine):
+    from deepstack.serve.chat import run_chat
+
+    (tmp_path / "cat.png").write_bytes(png(3))
+    typed = f"/image {tmp_path / 'cat.png'}\nwhat is this?\nand now?\n/save {tmp_path / 'chat.json'}\n/reset\n/nope\n"
+    output = io.StringIO()
+    run_chat(engine, max_tokens=5, input_stream=io.StringIO(typed), output=output)  # ends at the end of input
+    first = engine.generate(Request([{"role": "user", "content": [
+        {"type": "image", "image": png(3)}, {"type": "text", "text": "what is this?"}]}], max_tokens=5), timeout=60)
+    shown = output.getvalue()
+    assert f"you> {first.text}\n" in shown and "(attached" in shown and "(saved 4 messages" in shown
+    assert "(conversation cleared)" in shown and "(unknown command /nope" in shown
+    saved = json.loads((tmp_path / "chat.json").read_text())["messages"]
+    assert [m["role"] for m in saved] == ["user", "assistant", "user", "assistant"]
+    assert saved[0]["content"][0] == {"type": "image", "path": str(tmp_path / "cat.png")}
+    assert saved[1]["content"] == first.text
+
+
+def test_terminal_chat_streams_and_stops_on_ctrl_c(tmp_path):
     model, processor = tiny("llm")
     model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
     (tmp_path / "cat.png").write_bytes(png(3))
-    code = f"from deepstack.serve.chat import chat; chat({str(tmp_path / 'model')!r}, max_tokens=1500)"
+    code = f"from deepstack.serve.chat import chat; chat({str(tmp_path / 'model')!r}, max_tokens=2000)"
     terminal = Terminal(code)
     try:
         terminal.read_until("you> ")
         terminal.type(f"/image {tmp_path / 'cat.png'}\n")
         assert "(attached" in terminal.read_until("you> ")
         terminal.type("what is this?\n")
-        terminal.read_until("what is this?")  # the echo of what was typed
-        answer = terminal.read_until("you> ")
+        terminal.read_until("what is this?\r\n")  # the echo of what was typed
+        terminal.read_some()  # the answer is streaming
+        terminal.type("\x03")  # Ctrl-C
+        assert "[stopped]" in terminal.read_until("you> ", timeout=60)
         terminal.type(f"/save {tmp_path / 'chat.json'}\n")
         assert "saved 2 messages" in terminal.read_until("you> ")
-        saved = json.loads((tmp_path / "chat.json").read_text())["messages"]
-        assert saved[0]["content"][0] == {"type": "image", "path": str(tmp_path / "cat.png")}
-        assert saved[1]["role"] == "assistant" and saved[1]["content"].strip() in answer.replace("\r\n", "\n")
-        terminal.type("/reset\n")
-        assert "conversation cleared" in terminal.read_until("you> ")
-        terminal.type("go on and on\n")
-        terminal.read_until("go on and on")
-        time.sleep(1.0)  # the answer is streaming
-        terminal.type("\x03")  # Ctrl-C
-        assert "[stopped]" in terminal.read_until("you> ", timeout=30)
+        partial = json.loads((tmp_path / "chat.json").read_text())["messages"][1]["content"]
+        assert 0 < len(partial) < 2000  # what was said before Ctrl-C stays in the conversation
         terminal.type("/quit\n")
     finally:
         status = terminal.close()

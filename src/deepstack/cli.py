@@ -183,6 +183,23 @@ def _export(args) -> None:
     print(f"exported {args.src} as a transformers LLaVA model in {out}")
 
 
+def _serve(args) -> None:
+    from .serve import serve
+
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("DEEPSTACK_API_KEY"),
+          image_root=args.image_root, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
+          device=args.device, dtype=args.dtype, allow_remote_images=args.allow_remote_images,
+          max_images=args.max_images, max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels,
+          max_body_bytes=args.max_body_bytes)
+
+
+def _chat(args) -> None:
+    from .serve.chat import chat
+
+    chat(args.model, device=args.device, dtype=args.dtype, system=args.system, max_tokens=args.max_tokens,
+         temperature=args.temperature)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="deepstack", description=__doc__, epilog="--debug (anywhere): show the traceback of an error"
@@ -315,6 +332,30 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True)
     export.add_argument("--max-shard-size", default="5GB")
     export.set_defaults(run=_export)
+
+    serve = commands.add_parser("serve", help="answer OpenAI chat completion requests over HTTP (docs/serve.md)")
+    serve.add_argument("--model", required=True, help="a saved DeepStack model folder")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $DEEPSTACK_API_KEY)")
+    serve.add_argument("--image-root", default=None, help="the only folder local image paths may name")
+    serve.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
+    for flag, default in (("--max-batch-size", 8), ("--max-queue", 64), ("--max-images", 8),
+                          ("--max-image-bytes", 20 * 2**20), ("--max-image-pixels", 64_000_000),
+                          ("--max-body-bytes", 32 * 2**20)):
+        serve.add_argument(flag, type=int, default=default)
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    serve.set_defaults(run=_serve)
+
+    chat = commands.add_parser("chat", help="talk to a model in the terminal: /image PATH, /reset, /save FILE")
+    chat.add_argument("--model", required=True)
+    chat.add_argument("--system", default=None, help="a system prompt")
+    chat.add_argument("--max-tokens", type=int, default=512)
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--device", default="auto")
+    chat.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    chat.set_defaults(run=_chat)
     return root
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.generation.streamers import BaseStreamer

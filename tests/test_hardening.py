@@ -111,6 +111,7 @@ def test_overwrite_keeps_what_the_run_reads(tmp_path):
     assert data.is_file()
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_reusing_a_folder_resumes_only_itself(tmp_path):
     """A finished run A; run B into its folder (refused, then --overwrite), killed at step 12, then resumed:
     B's own steps 1..40 and checkpoints, nothing of A."""
@@ -140,6 +141,7 @@ def test_a_run_killed_after_reusing_a_folder_resumes_only_itself(tmp_path):
 
 
 # ---- 2. one run at a time in a folder --------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_run_in_a_busy_folder_stops_at_once_and_a_killed_runs_lock_does_not_block(tmp_path):
     config = write_config(tmp_path, write_dataset(tmp_path, 16),
                           optim={"max_steps": 100_000}, output={"save_every": 10**6})

@@ -12,6 +12,7 @@ from deepstack.research.lab import GROUPS, claims, collect, lab, plot, report, s
 TINY = Recipe(sizes={"train": 24, "val": 4, "test": 6}, steps=2, batch_size=8)
 
 
+@pytest.mark.slow
 def test_lab_trains_each_model_once_per_seed_resumes_and_reports(tmp_path):
     results = lab(tmp_path, groups=["table6", "table5"], seeds=(0, 1), recipe=TINY, command="test", workers=2)
     lines = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]

@@ -236,6 +236,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_loss_curve(tmp_path):
     assert checkpoints == ["step-00000035", "step-00000040"]  # keep_last=2, no temporary left over
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     data = write_dataset(tmp_path, 16)
     config = write_config(tmp_path, data, optim={"max_steps": 4, "global_batch_size": 8, "micro_batch_size": 4})

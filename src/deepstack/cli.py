@@ -95,7 +95,7 @@ def _make_data(args) -> None:
 def _demo(args) -> None:
     from .research.demo import demo
 
-    demo(args.out, quick=args.quick, llm=args.llm, seed=args.seed, steps=args.steps)
+    demo(args.out, quick=args.quick, llm=args.llm, seed=args.seed, steps=args.steps, workers=args.workers)
 
 
 def _lab(args) -> None:
@@ -262,6 +262,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--llm", default="tiny-llama", help="tiny-llama (from scratch) or smollm2-135m (pretrained)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--steps", type=int, default=None, help="optimizer steps per model")
+    demo.add_argument("--workers", type=int, default=None,
+                      help="models trained at a time (default: 2 with --quick, else 1, as the published numbers)")
     demo.set_defaults(run=_demo)
 
     lab = commands.add_parser("lab", help="the paper's ablations (Tables 5-7, Fig. 3) on the fine-detail task")

@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
+import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -141,3 +146,31 @@ def prefill_ms(model, processor, image, question: str) -> float:
     """Median time of one prefill forward (vision side included) for one image and question, batch 1."""
     inputs = processor(images=image, text=f"{processor.image_token}\n{question}").to(model.device)
     return 1000 * median_seconds(lambda: model(**inputs), model.device)
+
+
+def in_processes(fn: Callable, jobs: list[tuple], workers: int) -> Iterator:
+    """``fn(*job)`` for each job: here one after another (``workers`` <= 1), or ``workers`` at a time in spawned
+    processes that share the cores, each called with ``threads=`` its share; yields the results as they finish."""
+    if workers <= 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *job, threads=threads) for job in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
+
+
+@contextmanager
+def worker_output(folder: Path, threads: int | None) -> Iterator[None]:
+    """In a worker process (``threads`` given): its share of the cores, and its output in ``folder/run.log`` so that
+    parallel runs do not interleave their progress bars. Here (``None``): nothing changes."""
+    if threads is None:
+        yield
+        return
+    torch.set_num_threads(threads)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "run.log", "w") as stream, redirect_stdout(stream), redirect_stderr(stream):
+        yield
+

@@ -3,11 +3,7 @@ so that an interrupted lab resumes where it stopped."""
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import json
-import multiprocessing
-import os
 import shutil
 import sys
 from dataclasses import asdict
@@ -15,7 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..recipe import FULL, Recipe, train_and_evaluate
+from ..recipe import FULL, Recipe, in_processes, train_and_evaluate, worker_output
 from ..tasks.finedetail import QUESTIONS, TASK_VERSION, make_data
 from .arms import GROUPS, Arm, arms_of
 from .report import write_report
@@ -91,15 +87,7 @@ def _append(log: Path, run: dict) -> None:
 def _execute(jobs: list[tuple], workers: int):
     """Run the jobs here one after another, or ``workers`` at a time in processes that share the cores; yield
     each run as it finishes."""
-    if workers <= 1:
-        for job in jobs:
-            yield _run(*job)
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_run, *job, threads=threads) for job in jobs]
-        for future in concurrent.futures.as_completed(futures):
-            yield future.result()
+    return in_processes(_run, jobs, workers)
 
 
 def _run(key: str, mode: str, settings: dict, seed: int, data: str, folder: str, recipe: Recipe,
@@ -108,16 +96,8 @@ def _run(key: str, mode: str, settings: dict, seed: int, data: str, folder: str,
     ``folder/run.log``). A run cut off half-way starts over."""
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
-    if threads is None:
+    with worker_output(folder, threads):
         run = train_and_evaluate(mode, Path(data), folder, seed, recipe, **settings)
-    else:
-        import torch
-
-        torch.set_num_threads(threads)
-        folder.mkdir(parents=True)
-        with open(folder / "run.log", "w") as stream, contextlib.redirect_stdout(stream), \
-                contextlib.redirect_stderr(stream):
-            run = train_and_evaluate(mode, Path(data), folder, seed, recipe, **settings)
     run.pop("predictions")
     run.update(key=key, recipe=_as_json(recipe), task_version=TASK_VERSION)
     return run

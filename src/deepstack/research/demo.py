@@ -84,12 +84,10 @@ def print_table(runs: list[dict], questions: tuple[str, ...] = tuple(QUESTIONS))
 def figure(runs: list[dict], data: Path, path: Path, questions: tuple[str, ...] = tuple(QUESTIONS),
            examples: int = 4) -> None:
     # a few test images, each twice side by side: the global view the LLM's sequence gets (32 px) and the hi-res
-    # view the stacks come from (64 px), with one fine question and every model's answer
-    first_fine = {}
-    for prediction in runs[0]["predictions"]:
-        if prediction["kind"] == "fine":
-            first_fine.setdefault(prediction["image"], prediction)
-    shown = list(first_fine.values())[: examples // 2]
+    # view the stacks come from (64 px), with the fine question on which the models differ most, and every answer
+    fine = [q for q in questions if QUESTIONS[q][0] == "fine"]
+    telling = max(fine, key=lambda q: abs(runs[-1]["per_question"].get(q, 0) - runs[0]["per_question"].get(q, 0)))
+    shown = [p for p in runs[0]["predictions"] if p["question"] == telling][: examples // 2]
     by_mode = [{p["id"]: p for p in run["predictions"]} for run in runs]
     with saved_figure(path, figsize=(2.6 * examples, 6.6), dpi=110) as fig:
         fig.suptitle("Same 16-token context: none sees the global view only, llm adds 4 stacks from the hi-res view",

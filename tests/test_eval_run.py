@@ -10,7 +10,7 @@ import pytest
 
 from deepstack.eval.benchmark import compare, read_predictions, run_benchmark, score_predictions
 from deepstack.eval.samples import SAMPLE_DATA, write_samples
-from deepstack.eval.tasks import TASKS, score
+from deepstack.eval.loaders import TASKS, score
 from deepstack.model.builder import load_pretrained
 from tests.fixtures import tiny
 

@@ -285,7 +285,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--report-only", action="store_true", help="rewrite bench.md/png from OUT/bench.json")
     bench.set_defaults(run=_bench)
 
-    from .eval.tasks import TASKS
+    from .eval.loaders import TASKS
 
     evaluate = commands.add_parser("eval", help="answer a benchmark's questions and score them (docs/eval.md)")
     evaluate.add_argument("--model", action="append", required=True, help="a saved model; repeat to compare models")

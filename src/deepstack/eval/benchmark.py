@@ -1,4 +1,4 @@
-"""Benchmark runs: a model's greedy answers to one benchmark of ``tasks.TASKS``, scored by that benchmark's metric
+"""Benchmark runs: a model's greedy answers to one benchmark of ``loaders.TASKS``, scored by that benchmark's metric
 (the paper's Tables 1 and 2 report these), with the report written next to the answers.
 
 A run's folder holds
@@ -31,7 +31,7 @@ from ..model.processing import DeepStackProcessor, load_image
 from ..utils.plots import saved_figure
 from ..utils.tables import markdown_table
 from .metrics import pope_scores
-from .tasks import TASKS, Item, Loaded, score
+from .loaders import TASKS, Item, Loaded, score
 
 PREDICTIONS, RESULTS, REPORT, CHART = "predictions.jsonl", "results.json", "results.md", "results.png"
 SHOWN = 10  # ids and problems named in a message or a report; the rest are counted

@@ -1,4 +1,4 @@
-"""Small synthetic benchmarks in each release format ``tasks`` reads, so that an evaluation can be shown end to
+"""Small synthetic benchmarks in each release format ``loaders`` reads, so that an evaluation can be shown end to
 end on a fresh machine with nothing downloaded (``deepstack make-eval-data OUT``).
 
 Every image is drawn here with PIL: coloured shapes, signs with a word, one-page forms, bar charts. The
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .tasks import SHORT_ANSWER
+from .loaders import SHORT_ANSWER
 
 COLOURS = {
     "red": (210, 40, 40), "green": (40, 160, 70), "blue": (40, 80, 210), "yellow": (235, 200, 40),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from deepstack.eval.tasks import (
+from deepstack.eval.loaders import (
     CHOICE_ANSWER,
     SHORT_ANSWER,
     TASKS,

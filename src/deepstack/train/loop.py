@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from ..model.builder import build_model, load_pretrained
-from ..utils.device import bf16_available
+from ..utils.device import bf16_available, pick_device
 from .checkpoint import remove_partial, resume_step, save_checkpoint, truncate_metrics
 from .config import ModelSection, OptimSection, TrainConfig, config_to_dict
 from .data import IGNORE_INDEX, Collator, LlavaDataset, Problem, mix, validate
@@ -135,7 +135,7 @@ def setup_accelerator(config: TrainConfig) -> Accelerator:
 
 def _precision(name: str) -> str:
     if name == "auto":
-        return "bf16" if torch.cuda.is_available() and bf16_available(torch.device("cuda")) else "no"
+        return "bf16" if bf16_available(pick_device()) else "no"  # bf16 where the GPU has it
     return {"fp32": "no"}.get(name, name)
 
 

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/bench")
     parser.add_argument("--work", default="runs/eval-speed")
     parser.add_argument("--task", default="docvqa")
-    parser.add_argument("--items", type=int, default=16)
+    parser.add_argument("--items", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0: torch's default")

@@ -80,9 +80,9 @@ def test_a_killed_run_of_two_processes_resumes_in_one(samples, tmp_path, monkeyp
     with pytest.raises(ValueError, match=r"predictions.part0.jsonl, predictions.part1.jsonl.*--resume"):
         run(tmp_path / "killed")
     asked = []
-    answer = benchmark.answer
-    monkeypatch.setattr(benchmark, "answer", lambda m, p, images, prompts, **kw: asked.extend(prompts) or answer(
-        m, p, images, prompts, **kw))
+    answer_stream = benchmark.answer_stream
+    monkeypatch.setattr(benchmark, "answer_stream", lambda m, p, questions, *args: answer_stream(
+        m, p, (asked.append(prompt) or (images, prompt) for images, prompt in questions), *args))
     resumed = run(tmp_path / "killed", resume=True)
 
     assert len(asked) == 3  # questions 2, 4 and 5; the three answered before the kill are kept

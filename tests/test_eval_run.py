@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deepstack.eval.benchmark import compare, read_predictions, run_benchmark, score_predictions
-from deepstack.eval.samples import SAMPLE_DATA, write_samples
+from deepstack.eval.benchmark import compare, load_task, read_predictions, run_benchmark, score_predictions
+from deepstack.eval.samples import SAMPLE_DATA, write_docvqa, write_samples
 from deepstack.eval.loaders import TASKS, score
 from deepstack.model.builder import load_pretrained
 from tests.fixtures import tiny
@@ -229,3 +229,14 @@ def test_compare_refuses_runs_of_different_tasks(samples, tmp_path):
         score_predictions(task, samples[task], write_predictions(tmp_path / f"{task}.jsonl", pairs), tmp_path / task)
     with pytest.raises(ValueError, match="different tasks"):
         compare([tmp_path / "llava", tmp_path / "multiple_choice"], tmp_path / "both")
+
+
+def test_the_docvqa_sample_grows_to_the_documents_asked_keeping_its_first_ones(samples, tmp_path):
+    """The evaluation-speed bench asks for more questions than the 24 of the sample DocVQA set."""
+    larger = write_docvqa(tmp_path / "larger", documents=22)
+    records = json.loads((larger / "val_v1.0.json").read_text())["data"]
+    first = json.loads((samples["docvqa"] / "val_v1.0.json").read_text())["data"]
+    assert len(records) == 66 and len({record["image"] for record in records}) == 22
+    assert records[:24] == first  # the same invoices and questions as write_samples', then more
+    assert (larger / "documents" / "doc000.png").read_bytes() == (samples["docvqa"] / "documents" / "doc000.png").read_bytes()
+    assert len(load_task("docvqa", larger, None, echo=False).items) == 66

@@ -4,7 +4,7 @@
 A run's folder holds
 
 - ``predictions.jsonl``: one line per question, ``{"question_id", "prediction", "answers", "score",
-  "category"}``, appended and flushed batch by batch, so a run that is killed keeps what it answered and
+  "category"}``, appended and flushed answer by answer, so a run that is killed keeps what it answered and
   ``resume=True`` continues it (a run of several processes writes a part file per process and gathers them
   here, in question order, when all are done: ``parallel``);
 - ``results.json``: the task, metric, model, data, counts, the records the loader skipped, the overall score
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..infer.generate import answer
+from ..infer.offline import answer_stream
 from ..model.modeling import DeepStackForConditionalGeneration
 from ..model.processing import DeepStackProcessor, load_image
 from ..model.video_file import load_video
@@ -89,7 +89,8 @@ def run_benchmark(
     answer to ``out/predictions.jsonl`` as it is made; then score them all and write ``results.json`` and
     ``results.md`` (see the module's docstring). Returns the results.
 
-    Batches are left-padded (``infer.generate.answer``), so an answer does not depend on the batch it was in.
+    Up to ``batch_size`` questions are decoded together, a finished answer's row taken by the next question
+    (continuous batching, ``infer.offline``); an answer does not depend on the others decoded with it.
     ``max_new_tokens`` bounds an answer; a short-answer prompt usually stops well before 32 tokens at the
     end-of-sequence token. With ``resume`` the questions already in ``predictions.jsonl`` are skipped (a line
     cut short by a kill is dropped, with a note); without it an existing ``predictions.jsonl`` is refused.
@@ -161,21 +162,21 @@ def _answer_into(
     desc: str,
     progress: bool,
 ) -> None:
-    """Greedy answers to ``items``, appended to ``path`` one line each; flushed after every batch, so a kill
-    loses at most the batch being written."""
+    """Greedy answers to ``items``, up to ``batch_size`` decoded together with continuous batching
+    (``infer.offline``), appended to ``path`` one line each in the items' order and flushed as each is written,
+    so a kill loses only answers not yet written."""
+
+    def questions():
+        for item in items:  # a video is shown as one image, its frame mosaic (docs/video.md)
+            yield [load_video(image) if item.video else load_image(image) for image in item.images], item.prompt
+
     with path.open("a", encoding="utf-8") as file, tqdm(
         total=len(items), desc=desc, unit="item", disable=not progress, dynamic_ncols=True
     ) as bar:
-        for begin in range(0, len(items), batch_size):
-            batch = items[begin : begin + batch_size]
-            images = [[load_video(image) if item.video else load_image(image) for image in item.images]
-                      for item in batch]  # a video is shown as one image, its frame mosaic (docs/video.md)
-            texts = answer(model, processor, images, [item.prompt for item in batch], max_new_tokens=max_new_tokens,
-                           do_sample=False)
-            for item, text in zip(batch, texts):
-                file.write(json.dumps(prediction_record(item, text)) + "\n")
+        for item, text in zip(items, answer_stream(model, processor, questions(), batch_size, max_new_tokens)):
+            file.write(json.dumps(prediction_record(item, text)) + "\n")
             file.flush()
-            bar.update(len(batch))
+            bar.update()
 
 
 def prediction_record(item: Item, prediction: str) -> dict:

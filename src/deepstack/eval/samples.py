@@ -164,11 +164,21 @@ def _textvqa(folder: Path, rng: random.Random) -> None:
                 {"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": records})
 
 
-def _docvqa(folder: Path, rng: random.Random) -> None:
+def write_docvqa(folder: str | Path, documents: int = 8, seed: int = 0) -> Path:
+    """The sample DocVQA set alone, with ``documents`` invoices (three questions each; ``write_samples`` writes
+    8), in ``folder``; returns the folder (the task's data). A larger set measures evaluation speed over many
+    batches (``research.bench.eval_speed``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _docvqa(folder, random.Random(f"{seed}-docvqa"), documents)
+    return folder
+
+
+def _docvqa(folder: Path, rng: random.Random, documents: int = 8) -> None:
     """``val_v1.0.json`` with several accepted answers per question, ``documents/{doc}.png``."""
     (folder / "documents").mkdir(exist_ok=True)
     records = []
-    for document in range(8):
+    for document in range(documents):
         number, total = rng.randint(100, 999), rng.randint(10, 99)
         day, month = rng.randint(1, 28), rng.choice(MONTHS)
         name = f"doc{document:03d}"

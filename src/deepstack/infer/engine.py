@@ -77,6 +77,9 @@ class Request:
     list of parts ``{"type": "text", "text": str}`` and ``{"type": "image", "image": PIL image or the bytes of
     an image file}``. ``temperature`` 0 is greedy decoding; ``max_tokens`` ``None`` is the engine's default
     (cut to what the context leaves); ``stop``: up to 4 strings that end the answer (not included in it).
+    ``prompt``: the prompt exactly as the model is to read it, with one image placeholder per image part of
+    ``messages`` in their order, used instead of the chat template's rendering of ``messages`` (evaluation asks
+    each benchmark's own prompt this way: ``infer.offline``); ``None``: the template's.
     """
 
     messages: list[dict]
@@ -85,6 +88,7 @@ class Request:
     top_p: float = 1.0
     stop: str | list[str] | tuple[str, ...] = ()
     seed: int | None = None
+    prompt: str | None = None
 
     def __post_init__(self):
         def number(name, value, low, high, low_open=False):
@@ -110,6 +114,8 @@ class Request:
                                f"{shown(self.stop)}")
         self.stop = tuple(stop)
         check_messages(self.messages)
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise RequestError("prompt", f"prompt must be a string or None, got {shown(self.prompt)}", "invalid_type")
 
 
 def shown(value, limit: int = 60) -> str:
@@ -494,6 +500,12 @@ class Engine:
     def _prepare(self, request: Request) -> _Job:
         self._check_text_length(request.messages)
         prompt, parts = self._render(request.messages)
+        if request.prompt is not None:
+            prompt, placeholders = request.prompt, request.prompt.count(self.processor.image_token)
+            if placeholders != len(parts):
+                raise RequestError("prompt", f"the prompt holds {placeholders} image placeholder(s) "
+                                   f"{self.processor.image_token!r} but the messages {len(parts)} image part(s); "
+                                   "write one placeholder per image, in their order")
         keys, images = [], {}
         for place, image in parts:
             key = image_key(image)

@@ -40,6 +40,13 @@ def user_prompt(processor: DeepStackProcessor, image_count: int, question: str) 
     return " ".join([processor.image_token] * image_count) + f"\n{question}"
 
 
+def rendered_prompt(processor: DeepStackProcessor, image_count: int, question: str) -> str:
+    """The prompt ``answer`` gives the model: ``user_prompt`` as a user turn of the chat template when the LLM
+    has one, else as it is."""
+    prompt = user_prompt(processor, image_count, question)
+    return prompt if processor.template is None else processor.format_prompt(prompt)
+
+
 def check_context(
     model: DeepStackForConditionalGeneration, prompt_tokens: int, max_new_tokens: int,
     image_tokens: list[int] | None = None,

@@ -25,6 +25,17 @@ def tiny(mode: str = "llm", vision: str = "tiny-clip", language: str = "tiny-lla
     return build_model(vision, language, stack_mode=mode, **settings)
 
 
+def sharpened(parts):
+    """``parts`` (a tiny model and processor) with the LLM's weights scaled up 8x: a random tiny LLM at its
+    initial scale answers every prompt with one repeated token, so a test of what answers depend on (positions,
+    masks, cached keys) needs one that answers each prompt differently."""
+    model, processor = parts
+    with torch.no_grad():
+        for weight in model.language_model.parameters():
+            weight.mul_(8)
+    return model, processor
+
+
 def image_positions(input_ids: torch.Tensor, model) -> torch.Tensor:
     return input_ids == model.config.image_token_id
 

@@ -10,7 +10,7 @@ import torch
 
 from deepstack.infer.engine import Engine, EngineBusy, Request, RequestError, image_key
 from deepstack.model.modeling import feature_rows
-from tests.fixtures import PINPOINTS, random_image, tiny
+from tests.fixtures import PINPOINTS, random_image, sharpened, tiny
 
 
 @pytest.fixture(scope="module")
@@ -363,3 +363,31 @@ def test_hd_context_check_names_each_images_own_token_count(hd_parts):
     with Engine(*hd_parts) as engine:
         with pytest.raises(RequestError, match=r"\(images: 70 \+ 56 tokens\) but the model has 2048 positions"):
             engine.submit(Request(user(png(0, (48, 40)), png(1, (30, 64)), "x" * 2000)))
+
+
+def test_a_prompt_head_shared_by_requests_is_computed_once_and_answers_do_not_change():
+    """The system turn the requests share (the head before the first image) is prefilled once and copied into
+    each row; each answer is the one an engine that prefills every prompt whole gives, alone or batched, also
+    when a request with another system turn replaces the cached head, or shares only part of it."""
+    system = [{"role": "system", "content": "You answer questions about images in a few plain words."}]
+    other = [{"role": "system", "content": "You are a careful assistant who looks at every image twice."}]
+    requests = [Request(system + request.messages, max_tokens=request.max_tokens)
+                for request in requests_of_different_lengths()]
+    parts = sharpened(tiny("llm"))
+    requests += [Request(other + user(png(3), "what now?"), max_tokens=5),
+                 Request([{"role": "system", "content": "You answer questions about images in a few words."}]
+                         + user(png(1), "shorter head"), max_tokens=5)]
+    with Engine(*parts, max_batch_size=4, batch_wait_ms=500, share_prefix=False) as whole:
+        expected = [whole.submit(request) for request in requests]
+        expected = [stream.result(timeout=120) and stream.token_ids for stream in expected]
+        assert whole.shared_tokens == 0
+    with Engine(*parts, max_batch_size=4, batch_wait_ms=500) as sharing:
+        together = [sharing.submit(request) for request in requests]
+        assert [stream.result(timeout=120) and stream.token_ids for stream in together] == expected
+        assert sharing.shared_tokens > 0
+    with Engine(*parts, max_batch_size=1, batch_wait_ms=0) as sharing_alone:
+        for request, tokens in zip(requests, expected):
+            stream = sharing_alone.submit(request)
+            stream.result(timeout=120)
+            assert stream.token_ids == tokens
+        assert sharing_alone.shared_tokens > 0

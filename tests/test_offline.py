@@ -8,20 +8,14 @@ import torch
 from deepstack.infer.engine import Engine, Request, RequestError
 from deepstack.infer.generate import answer, rendered_prompt
 from deepstack.infer.offline import answer_stream
-from tests.fixtures import random_image, tiny
+from tests.fixtures import random_image, sharpened, tiny
 
 TOKENS = 8
 
 
 @pytest.fixture(scope="module")
 def parts():
-    """A tiny model whose LLM weights are scaled up: a random tiny LLM at its initial scale answers every prompt
-    with one repeated token; this one answers each prompt differently."""
-    model, processor = tiny("llm")
-    with torch.no_grad():
-        for weight in model.language_model.parameters():
-            weight.mul_(8)
-    return model, processor
+    return sharpened(tiny("llm"))
 
 
 def questions():

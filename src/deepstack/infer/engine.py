@@ -396,6 +396,17 @@ class _Job:
     generated: int = 0
 
 
+PREFIX_MIN = 8  # tokens: a shorter shared prompt head is prefilled with the rest of the prompt
+
+
+@dataclass
+class _Prefix:
+    """A prompt head's tokens and each layer's keys and values for them, ``(1, heads, tokens, head_dim)``."""
+
+    ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+
 @dataclass
 class _Batch:
     """Requests being decoded together: their KV cache, attention mask ``(B, L)``, next position ids ``(B,)``
@@ -419,6 +430,8 @@ class Engine:
         default_max_tokens: the answer length of a request without ``max_tokens``.
         image_cache_bytes: bytes of encoded images kept for later turns (0: none).
         max_image_pixels: images larger than this are refused (decompression bombs).
+        share_prefix: keep the keys and values of the prompt head that prompts share (the chat template's system
+            turn, up to the first image) and prefill only the rest of each prompt (``_shared_head``).
     """
 
     def __init__(
@@ -432,6 +445,7 @@ class Engine:
         default_max_tokens: int = 512,
         image_cache_bytes: int = 512 * 2**20,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
+        share_prefix: bool = True,
     ):
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError(f"max_batch_size ({max_batch_size}) and max_queue ({max_queue}) must be at least 1")
@@ -445,6 +459,10 @@ class Engine:
         self.pad_id = next(i for i in (generation.pad_token_id, self.tokenizer.pad_token_id, *self.eos_ids, 0)
                            if i is not None)
         self.suppress_ids = list(generation.suppress_tokens or ())
+        # a head can be shared where new rows can be padded into a cache (no sliding-window layers: _joinable)
+        self.share_prefix = share_prefix and _joinable(DynamicCache(config=model.config.text_config))
+        self._prefix: _Prefix | None = None  # the shared prompt head's keys and values
+        self.shared_tokens = 0  # prompt tokens taken from the shared head instead of prefilled, so far
         self.active = 0  # requests in the running batch
         self.largest_batch = 0  # the most requests decoded together so far
         self.joined = 0  # requests that joined a batch already running
@@ -680,23 +698,63 @@ class Engine:
             return None
 
     def _prefill(self, jobs: list[_Job]) -> _Batch:
-        """Run the prompts of ``jobs`` as one left-padded batch; the result holds their first logits."""
+        """Run the prompts of ``jobs`` as one batch; the result holds their first logits. The head they share
+        with the cached one (``_shared_head``) is copied into each row's cache; the rest of each prompt is
+        left-padded behind it, the padding masked (so it sits between the head and the rest: nothing changes)."""
         device = self.model.device
-        length = max(len(job.input_ids) for job in jobs)
+        shared = self._shared_head(jobs)
+        cache = DynamicCache(config=self.model.config.text_config)
+        if shared:
+            for layer, (keys, values) in enumerate(self._prefix.layers):
+                cache.update(keys[:, :, :shared].expand(len(jobs), -1, -1, -1).contiguous(),
+                             values[:, :, :shared].expand(len(jobs), -1, -1, -1).contiguous(), layer)
+            self.shared_tokens += shared * len(jobs)
+        length = max(len(job.input_ids) for job in jobs) - shared
         ids = torch.full((len(jobs), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(jobs), length), dtype=torch.long)
+        mask = torch.zeros((len(jobs), shared + length), dtype=torch.long)
+        mask[:, :shared] = 1
         for row, job in enumerate(jobs):
-            ids[row, length - len(job.input_ids) :] = torch.tensor(job.input_ids)
-            mask[row, length - len(job.input_ids) :] = 1
+            rest = job.input_ids[shared:]
+            ids[row, length - len(rest) :] = torch.tensor(rest)
+            mask[row, shared + length - len(rest) :] = 1
         ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         extra = {}
         if any(job.image_keys for job in jobs):
             extra["mm_encoder_outputs"] = {"image": self._encode(jobs)}
-        cache = DynamicCache(config=self.model.config.text_config)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1, **extra)
         return _Batch(jobs, cache, mask, positions[:, -1] + 1, out.logits[:, -1].float())
+
+    def _shared_head(self, jobs: list[_Job]) -> int:
+        """How many leading tokens of every prompt of ``jobs`` come from the cached prompt head (0: none).
+
+        A prompt's head is its tokens before its first image, less its last token (which must be prefilled for
+        the first logits). When the prompts share fewer than ``PREFIX_MIN`` tokens with the cached head, the head
+        of the first prompt is computed (one forward pass, batch 1) and cached instead. Every prompt that starts
+        with the cached head gets the same keys and values, so an answer does not depend on its batch."""
+        if not self.share_prefix:
+            return 0
+
+        def head(ids: list[int]) -> int:
+            return min(next((i for i, token in enumerate(ids) if token == self.processor.image_token_id), len(ids)),
+                       len(ids) - 1)
+
+        def common(ids: list[int], reference: list[int]) -> int:
+            limit = min(head(ids), len(reference))
+            return next((i for i in range(limit) if ids[i] != reference[i]), limit)
+
+        if self._prefix is None or min(common(job.input_ids, self._prefix.ids) for job in jobs) < PREFIX_MIN:
+            first = jobs[0].input_ids[: head(jobs[0].input_ids)]
+            if len(first) < PREFIX_MIN or min(common(job.input_ids, first) for job in jobs) < PREFIX_MIN:
+                return 0
+            cache = DynamicCache(config=self.model.config.text_config)
+            ids = torch.tensor([first], device=self.model.device)
+            self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True,
+                       logits_to_keep=1)
+            self._prefix = _Prefix(first, [(layer.keys, layer.values) for layer in cache.layers])
+        shared = min(common(job.input_ids, self._prefix.ids) for job in jobs)
+        return shared if shared >= PREFIX_MIN else 0
 
     def _encode(self, jobs: list[_Job]) -> DeepStackImageOutput:
         """The images of ``jobs`` in (row, position) order, running the vision tower only on new ones."""

@@ -143,6 +143,17 @@ def _bench(args) -> None:
         write_analytic(args.out)
         print((Path(args.out) / "analytic.md").read_text())
         return
+    if args.settings:  # the lab's stack settings at real shapes: paired LLM prefill ratios to none
+        from .research.bench.settings import report_settings, run_settings
+
+        if args.report_only:  # redo settings.md from OUT/settings.json
+            results = json.loads((Path(args.out) / "settings.json").read_text())
+            (Path(args.out) / "settings.md").write_text(report_settings(results))
+        else:
+            run_settings(args.out, rounds=args.rounds, threads=args.threads,
+                         command="deepstack " + " ".join(args.argv))
+        print((Path(args.out) / "settings.md").read_text())
+        return
     if args.hd:  # DeepStack-HD at real shapes: context lengths, paired LLM prefill ratios
         from .research.bench.hd import report_hd, run_hd
 
@@ -382,9 +393,11 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--serving", action="store_true", help="write OUT/serving.md/json: the engine's speed")
     bench.add_argument("--hd", action="store_true",
                        help="write OUT/hd.md/json: DeepStack-HD's context lengths and paired LLM prefill ratios")
+    bench.add_argument("--settings", action="store_true",
+                       help="write OUT/settings.md/json: paired LLM prefill ratios to none of the lab's stack settings")
     bench.add_argument("--rounds", type=int, default=3,
                        help="paired rounds of each --serving measure; with --hd, of global_hires_string/llm "
-                            "(llm/none gets 3x as many)")
+                            "(llm/none gets 3x as many); with --settings, of each setting / none")
     bench.add_argument("--max-tokens", type=int, default=32, help="answer length of the --serving throughput")
     bench.add_argument("--threads", type=int, default=None, help="torch's CPU threads (default: torch's choice)")
     bench.set_defaults(run=_bench)

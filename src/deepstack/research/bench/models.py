@@ -43,7 +43,9 @@ class RealShapes:
             image_grid_pinpoints=self.image_grid_pinpoints,
         )
 
-    def __call__(self, mode: str, hires_scale: int = 2) -> tuple[DeepStackForConditionalGeneration, DeepStackProcessor]:
+    def __call__(self, mode: str, hires_scale: int = 2,
+                 **settings) -> tuple[DeepStackForConditionalGeneration, DeepStackProcessor]:
+        """The model of ``mode`` (with further ``DeepStackConfig`` ``settings``, e.g. ``stack_norm="rms"``)."""
         processor = self.processor(mode, hires_scale)
         if len(self.tokenizer) > self.llm.get_input_embeddings().num_embeddings:  # the processor added <image>
             self.llm.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
@@ -51,6 +53,7 @@ class RealShapes:
             vision_config=self.vision_config.to_dict(), text_config=self.llm.config.to_dict(),
             image_token_id=processor.image_token_id, stack_mode=mode, hires_scale=hires_scale,
             stack_start_layer=1 if hires_scale < 4 else 0, image_grid_pinpoints=self.image_grid_pinpoints,
+            **settings,
         )
         torch.manual_seed(0)  # the same projector weights for a mode, whenever it is built
         model = DeepStackForConditionalGeneration.from_modules(config, self.vision, self.llm)

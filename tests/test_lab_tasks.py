@@ -193,3 +193,27 @@ def test_make_data_writes_the_task_named(tmp_path):
     with pytest.raises(SystemExit) as refused:  # argparse names the choices
         main(["make-data", str(tmp_path / "bad"), "--task", "nosuchtask"])
     assert refused.value.code == 2
+
+
+def test_a_plateau_rule_replayed_on_the_curves_stops_where_the_accuracy_stops_rising():
+    from deepstack.research.lab.stats import plateau_replay, plateau_stop
+
+    def curve(values):
+        return [{"step": 100 * index, "fine": value} for index, value in enumerate(values)]
+
+    # best 0.30 at step 200; 0.305 is no rise of a point; 0.312 is (best 0.312, step 400); then 500, 600 and 700
+    # stay below 0.322: three flat points, the rule stops at 700 and misses the rise to 0.40 at 800
+    flat = curve([0.0, 0.20, 0.30, 0.305, 0.312, 0.315, 0.30, 0.319, 0.40])
+    assert plateau_stop(flat) == {"step": 700, "fine": 0.319, "final": 0.40}
+    rising = curve([0.0, 0.2, 0.3, 0.4, 0.5])
+    assert plateau_stop(rising) == {"step": 400, "fine": 0.5, "final": 0.5}
+    # the same arm's runs in two groups count once: 2 runs, 1200 steps, 100 saved
+    row = {"key": "llm", "seeds_done": [0, 1], "curves": [flat, rising]}
+    replay = plateau_replay({"a": {"rows": [row]}, "b": {"rows": [dict(row)]}})
+    assert replay["runs"] == 2 and replay["stopped_early"] == 1
+    assert replay["steps_saved"] == pytest.approx(100 / 1200)
+    assert replay["mean_loss"] == pytest.approx((0.40 - 0.319) / 2) and replay["worst_loss"] == pytest.approx(0.081)
+    results = {"command": "t", "recipe": asdict(LOCAL), "seeds": [0, 1], "compute_seconds": 60.0, "claims": [],
+               "groups": {}, "plateau": replay}
+    assert ("would have stopped 1 of these 2 runs early and saved 8% of their training steps" in report(results))
+    assert plateau_replay({"a": {"rows": [{"key": "none", "seeds_done": [0]}]}}) is None

@@ -151,9 +151,20 @@ def _upgrades(rows: list[dict]) -> list[str]:
             markdown_table(["arm", "none steps", "loss before", "loss after", "first training losses"], table)]
 
 
+def _plateau(replay: dict | None) -> list[str]:
+    """What stopping runs on a plateau would have saved, replayed on the learning curves (``plateau_replay``)."""
+    if not replay:
+        return []
+    return ["", f"Stopping on a plateau, replayed on the learning curves: a rule that stops a run once its validation "
+            f"fine accuracy has not risen {replay['gain']:.0%} above its best for {replay['patience']} curve points "
+            f"in a row would have stopped {replay['stopped_early']} of these {replay['runs']} runs early and saved "
+            f"{replay['steps_saved']:.0%} of their training steps; at the stop the validation fine accuracy was "
+            f"{replay['mean_loss']:.1%} below the run's last point on average ({replay['worst_loss']:.1%} at worst)."]
+
+
 def report(results: dict) -> str:
     """lab.md: how the lab was run, the claims checked, then each group's table."""
-    lines = _preamble(results) + _claims(results["claims"])
+    lines = _preamble(results) + _claims(results["claims"]) + _plateau(results.get("plateau"))
     for name, group in results["groups"].items():
         lines += ["", *_group(name, group, results["seeds"], _task(results))]
     lines += ["", "![lab](lab.png)", ""]

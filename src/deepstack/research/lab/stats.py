@@ -25,6 +25,45 @@ def at(curve: list[dict], x: str, value: float, y: str = "fine") -> float:
     return float(np.interp(value, [point[x] for point in curve], [point[y] for point in curve]))
 
 
+PLATEAU_PATIENCE, PLATEAU_GAIN = 3, 0.01  # curve points without a rise of 1 point of fine accuracy
+
+
+def plateau_stop(curve: list[dict], patience: int = PLATEAU_PATIENCE, gain: float = PLATEAU_GAIN) -> dict:
+    """Where a rule that stops a run on a plateau would have stopped it: at the first curve point that ends
+    ``patience`` points in a row without the validation fine accuracy rising ``gain`` above its best so far (the
+    untrained step-0 point does not count), else at the last. ``step`` and ``fine`` at the stop, and the
+    ``final`` fine accuracy the run reached."""
+    best, flat = None, 0
+    for point in curve[1:]:
+        if best is None or point["fine"] >= best + gain:
+            best, flat = point["fine"], 0
+        else:
+            flat += 1
+        if flat == patience:
+            return {"step": point["step"], "fine": point["fine"], "final": curve[-1]["fine"]}
+    return {"step": curve[-1]["step"], "fine": curve[-1]["fine"], "final": curve[-1]["fine"]}
+
+
+def plateau_replay(groups: dict) -> dict | None:
+    """``plateau_stop`` over every run with a learning curve in ``groups`` (each model once): how many runs it
+    stops early, the share of all training steps it saves, and the mean and worst loss of validation fine
+    accuracy at the stop against the run's last point. ``None`` when no run has a curve."""
+    curves = {}
+    for group in groups.values():
+        for row in group["rows"]:
+            for seed, curve in zip(row["seeds_done"], row.get("curves", ())):
+                curves.setdefault((row["key"], seed), curve)
+    if not curves:
+        return None
+    stops = [plateau_stop(curve) for curve in curves.values()]
+    steps = sum(curve[-1]["step"] for curve in curves.values())
+    losses = [stop["final"] - stop["fine"] for stop in stops]
+    return {"patience": PLATEAU_PATIENCE, "gain": PLATEAU_GAIN, "runs": len(stops),
+            "stopped_early": sum(stop["step"] < curve[-1]["step"] for stop, curve in zip(stops, curves.values())),
+            "steps_saved": 1 - sum(stop["step"] for stop in stops) / steps,
+            "mean_loss": statistics.fmean(losses), "worst_loss": max(losses)}
+
+
 def _metrics(run: dict) -> dict[str, float]:
     metrics = {"fine": run["fine_accuracy"], "coarse": run["coarse_accuracy"], **run["per_question"]}
     if run.get("curve"):  # equal steps: validation fine accuracy at half the run's steps
@@ -99,6 +138,7 @@ def collect(done: dict[tuple[str, int], dict], groups: list[str], seeds: tuple[i
     results["compute_seconds"] = round(sum(done[key]["total_seconds"] for key in used), 1)
     results["complete"] = len(used) == len(arms_of(groups)) * len(seeds)
     results["claims"] = claims(results["groups"])
+    results["plateau"] = plateau_replay(results["groups"])
     return results
 
 

@@ -156,10 +156,11 @@ def _plateau(replay: dict | None) -> list[str]:
     if not replay:
         return []
     return ["", f"Stopping on a plateau, replayed on the learning curves: a rule that stops a run once its validation "
-            f"fine accuracy has not risen {replay['gain']:.0%} above its best for {replay['patience']} curve points "
-            f"in a row would have stopped {replay['stopped_early']} of these {replay['runs']} runs early and saved "
-            f"{replay['steps_saved']:.0%} of their training steps; at the stop the validation fine accuracy was "
-            f"{replay['mean_loss']:.1%} below the run's last point on average ({replay['worst_loss']:.1%} at worst)."]
+            f"fine accuracy has not risen {100 * replay['gain']:g} point(s) above its best for {replay['patience']} "
+            f"curve points in a row would have stopped {replay['stopped_early']} of these {replay['runs']} runs early "
+            f"and saved {replay['steps_saved']:.0%} of their training steps; at the stop the validation fine accuracy "
+            f"was {100 * replay['mean_loss']:.1f} points below the run's last point on average "
+            f"({100 * replay['worst_loss']:.1f} at worst)."]
 
 
 def report(results: dict) -> str:

@@ -36,8 +36,9 @@ def lab(out: str | Path = "runs/lab", groups: list[str] | None = None, seeds: tu
     arms = {run_key(recipe.task, arm): arm for arm in arms_of(groups).values()}
     # seed by seed, so that a lab cut short has every arm at the first seeds
     todo = [(key, arm, seed) for seed in seeds for key, arm in arms.items() if (key, seed) not in done] if train else []
-    print(f"lab: {len(arms)} models x {len(seeds)} seeds; {len(todo)} run(s) to do, "
-          f"{len(arms) * len(seeds) - len(todo)} done; {workers} at a time")
+    finished = sum((key, seed) in done for key in arms for seed in seeds)
+    print(f"lab: {len(arms)} models x {len(seeds)} seeds; {finished} done, "
+          + (f"{len(todo)} run(s) to do; {workers} at a time" if train else "reporting only"))
     jobs = [_job(key, arm, seed, data, out, recipe) for key, arm, seed in todo]
     command = command or "deepstack " + " ".join(sys.argv[1:])
     report_dir = Path(report_dir or out)

@@ -115,6 +115,25 @@ def _save(results: dict, out: Path) -> None:
     (out / "hd.json").write_text(json.dumps(results, indent=2))
 
 
+def report_head(title: str, results: dict) -> list[str]:
+    """The first lines of a paired-prefill report: its title, the command and its time, the machine and the load."""
+    load = ", ".join(f"{value:.1f}" for value in results["load_at_start"])
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{results['command']}` ({results.get('wall_s', 0):.0f} s in all, model loading included).",
+        "",
+        f"Device: {results['device']}, torch {results['torch']} on {results['threads']} thread(s); "
+        f"{results['cpus']} cores, load average {load} at the start. {results['vision']}; {results['llm']}.",
+        "",
+    ]
+
+
+def ratio_cell(ratio: dict) -> str:
+    """A paired ratio as a table cell: ``median [min-max]``."""
+    return f"{ratio['median']:.3f} [{ratio['min']:.3f}-{ratio['max']:.3f}]"
+
+
 def report_hd(results: dict) -> str:
     """hd.md: the command, the machine, every mode's context length, the timed prefills and the targets."""
     height, width = results["image"]
@@ -135,16 +154,9 @@ def report_hd(results: dict) -> str:
         ratio = pair["ratio"]
         met = ratio["median"] <= target if sign == "<=" else ratio["median"] >= target
         checks.append([f"{mode} / {base} LLM prefill {sign} {target:g} (median of {pair['rounds']} paired rounds)",
-                       f"{ratio['median']:.3f} [{ratio['min']:.3f}-{ratio['max']:.3f}]", "yes" if met else "NO"])
-    load = ", ".join(f"{value:.1f}" for value in results["load_at_start"])
+                       ratio_cell(ratio), "yes" if met else "NO"])
     lines = [
-        "# deepstack bench --hd",
-        "",
-        f"Command: `{results['command']}` ({results.get('wall_s', 0):.0f} s in all, model loading included).",
-        "",
-        f"Device: {results['device']}, torch {results['torch']} on {results['threads']} thread(s); "
-        f"{results['cpus']} cores, load average {load} at the start. {results['vision']}; {results['llm']}.",
-        "",
+        *report_head("deepstack bench --hd", results),
         f"DeepStack-HD (docs/method.md, \"DeepStack-HD\"): LLaVA-NeXT's resolutions {results['pinpoints']}, one "
         f"{height}x{width} picture (the base image and 2x2 tiles of 336 px), hires_scale {results['hires_scale']}, "
         "the bench's 32-token prompt, batch 1. Image tokens and context length come from each mode's processor. "

@@ -22,7 +22,7 @@ import torch
 from ...utils.device import pick_device
 from ...utils.tables import markdown_table
 from ..lab.arms import GROUPS
-from .hd import _paired, _prefill, stand_in_features
+from .hd import _paired, _prefill, ratio_cell, report_head, stand_in_features
 from .measure import Bench, _text
 from .models import RealShapes
 from .runner import _machine
@@ -80,17 +80,9 @@ def report_settings(results: dict) -> str:
     for pair in results["pairs"]:
         ratio = pair["ratio"]
         settings = ", ".join(f"{key}={value}" for key, value in pair["settings"].items()) or "(defaults)"
-        rows.append([pair["mode"], settings, f"{ratio['median']:.3f} [{ratio['min']:.3f}-{ratio['max']:.3f}]",
-                     "yes" if ratio["median"] <= TARGET else "NO"])
-    load = ", ".join(f"{value:.1f}" for value in results["load_at_start"])
+        rows.append([pair["mode"], settings, ratio_cell(ratio), "yes" if ratio["median"] <= TARGET else "NO"])
     lines = [
-        "# deepstack bench --settings",
-        "",
-        f"Command: `{results['command']}` ({results.get('wall_s', 0):.0f} s in all, model loading included).",
-        "",
-        f"Device: {results['device']}, torch {results['torch']} on {results['threads']} thread(s); "
-        f"{results['cpus']} cores, load average {load} at the start. {results['vision']}; {results['llm']}.",
-        "",
+        *report_head("deepstack bench --settings", results),
         "The LLM prefill of `llm` with each stack setting of the lab's `local_speed` and `gate` groups against "
         "`none` (576 image tokens, hires_scale 2: 4 stacks, the bench's 32-token prompt, batch 1; image features "
         "are stand-ins of the exact shapes, LM head on the last position), paired rounds in ABBA order after a "

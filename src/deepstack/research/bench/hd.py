@@ -42,12 +42,7 @@ TARGETS = (("llm", "none", "<=", 1.03), ("global_hires_string", "llm", ">=", 4.0
 def run_hd(out: str | Path = "runs/bench", rounds: int = 2, threads: int | None = None, command: str = COMMAND) -> dict:
     """Measure DeepStack-HD's context lengths and paired LLM prefill times; hd.json (after each step) and hd.md
     in ``out``. ``threads``: torch's CPU threads (default: torch's choice)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    start = time.perf_counter()
-    device = pick_device("auto")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    start, device, out = paired_setup(out, threads)
     models = RealShapes(device, image_grid_pinpoints=ANYRES_PINPOINTS)
     bench = Bench(models, device, repeats=1)
     height, width = HD_IMAGE
@@ -74,6 +69,16 @@ def run_hd(out: str | Path = "runs/bench", rounds: int = 2, threads: int | None 
     _save(results, out)
     (out / "hd.md").write_text(report_hd(results))
     return results
+
+
+def paired_setup(out: str | Path, threads: int | None) -> tuple[float, torch.device, Path]:
+    """A paired-prefill bench's start: torch's CPU threads (``None``: its choice), the clock, the device and the
+    output folder (made)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return time.perf_counter(), pick_device("auto"), out
 
 
 def stand_in_features(model, height: int, width: int) -> DeepStackImageOutput:

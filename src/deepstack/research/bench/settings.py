@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ...utils.device import pick_device
 from ...utils.tables import markdown_table
 from ..lab.arms import GROUPS
-from .hd import _paired, _prefill, ratio_cell, report_head, stand_in_features
+from .hd import _paired, _prefill, paired_setup, ratio_cell, report_head, stand_in_features
 from .measure import Bench, _text
 from .models import RealShapes
 from .runner import _machine
@@ -46,12 +45,7 @@ def run_settings(out: str | Path = "runs/bench", rounds: int = 6, threads: int |
                  command: str = COMMAND) -> dict:
     """Paired LLM prefill ratios of each setting's ``llm`` to ``none``; settings.json (after each arm) and
     settings.md in ``out``."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    start = time.perf_counter()
-    device = pick_device("auto")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    start, device, out = paired_setup(out, threads)
     models = RealShapes(device)
     bench = Bench(models, device, repeats=1)
     results = {"command": command, **_machine(device), "cpus": os.cpu_count(), "load_at_start": os.getloadavg(),

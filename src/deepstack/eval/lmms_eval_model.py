@@ -6,9 +6,10 @@ with (Appendix A.2), on any image task lmms-eval knows:
 deepstack registers it through the ``lmms_eval.models`` entry point (pyproject.toml); lmms-eval loads this module,
 which imports lmms-eval, nothing else of deepstack does (install both with scripts/setup_lmms_eval.sh).
 
-``generate_until`` asks each question as ``deepstack eval`` does (``infer.generate.answer``: the images'
-placeholders in front of the task's text, the chat template, greedy decoding, left-padded batches), so a
-question gets the same answer here as there, in a batch or alone. ``loglikelihood`` scores a continuation after
+``generate_until`` asks each question as ``deepstack eval`` does (the images' placeholders in front of the task's
+text, the chat template; greedy answers decoded with the serving engine's continuous batching,
+``infer.offline.answer_stream``), so a question gets the same answer here as there, in a batch or alone; a task
+that samples or searches beams decodes fixed batches (``infer.generate.answer``). ``loglikelihood`` scores a continuation after
 the same prompt (its mean token loss, lmms-eval's convention). One process, one device; ``--model_args`` takes
 ``pretrained`` (a folder saved by deepstack), ``device``, ``dtype`` (as ``deepstack eval``), ``batch_size`` and
 ``max_new_tokens`` (for tasks that set none).
@@ -26,6 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..infer.generate import answer, check_context, user_prompt
+from ..infer.offline import answer_stream
 from ..model.builder import load_pretrained
 from ..utils.device import pick_device, pick_dtype
 
@@ -123,15 +125,26 @@ class DeepStackLMMS(lmms):
         with tqdm(total=len(requests), desc="deepstack", disable=self.rank != 0) as bar:
             for indices in groups.values():
                 until, max_new_tokens, kwargs = self._generation(requests[indices[0]].args[1])
-                for batch in self._batches(indices, lengths):
-                    texts = answer(self.model, self.processor, [self._images(requests[i]) for i in batch],
-                                   [self._question(requests[i].args[0]) for i in batch],
-                                   max_new_tokens=max_new_tokens, **kwargs)
-                    for index, text in zip(batch, texts):
-                        answers[index] = _cut(text, until)
-                        self.cache_hook.add_partial("generate_until", requests[index].args[:2], answers[index])
-                    bar.update(len(batch))
+                for index, text in self._decoded(requests, indices, lengths, max_new_tokens, kwargs):
+                    answers[index] = _cut(text, until)
+                    self.cache_hook.add_partial("generate_until", requests[index].args[:2], answers[index])
+                    bar.update(1)
         return answers
+
+    def _decoded(self, requests: list[Instance], indices: list[int], lengths: list[int], max_new_tokens: int,
+                 kwargs: dict):
+        """(index, answer) for the requests at ``indices``, which share their generation settings: greedy answers
+        through continuous batching, as ``deepstack eval`` decodes them; sampling or beams in fixed batches."""
+        if kwargs == {"do_sample": False}:
+            questions = ((self._images(requests[i]), self._question(requests[i].args[0])) for i in indices)
+            yield from zip(indices, answer_stream(self.model, self.processor, questions, self.batch_size,
+                                                  max_new_tokens))
+            return
+        for batch in self._batches(indices, lengths):
+            texts = answer(self.model, self.processor, [self._images(requests[i]) for i in batch],
+                           [self._question(requests[i].args[0]) for i in batch], max_new_tokens=max_new_tokens,
+                           **kwargs)
+            yield from zip(batch, texts)
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("the deepstack model answers one question per request; multi-round tasks are "

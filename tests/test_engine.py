@@ -391,3 +391,32 @@ def test_a_prompt_head_shared_by_requests_is_computed_once_and_answers_do_not_ch
             stream.result(timeout=120)
             assert stream.token_ids == tokens
         assert sharing_alone.shared_tokens > 0
+
+
+def test_a_video_part_is_answered_as_its_frame_mosaic(tmp_path):
+    """A video part (a video file's bytes, or its frames) reaches the model as docs/video.md's one image, the
+    mosaic of its sampled frames: its answer is the answer to that mosaic sent as an image, another video gets
+    another answer, and bytes that are not a video are refused naming the part."""
+    from deepstack.model.video import frames_to_image
+    from deepstack.model.video_file import load_video
+    from tests.video_clips import write_clip
+
+    clips = [write_clip(tmp_path / f"clip{seed}.mp4", [random_image(10 * seed + index, (32, 24)) for index in range(8)])
+             for seed in range(3)]
+    frames = [random_image(100 + index, (32, 24)) for index in range(9)]
+    with Engine(*sharpened(tiny("llm")), max_batch_size=4, batch_wait_ms=0) as engine:
+        def tokens(part: dict) -> list[int]:
+            stream = engine.submit(Request([{"role": "user", "content": [part, {"type": "text", "text": "what now?"}]}],
+                                           max_tokens=6))
+            stream.result(timeout=120)
+            return stream.token_ids
+
+        by_video = [tokens({"type": "video", "video": clip.read_bytes()}) for clip in clips]
+        assert by_video == [tokens({"type": "image", "image": load_video(clip)}) for clip in clips]
+        assert len({tuple(answer) for answer in by_video}) > 1
+        assert tokens({"type": "video", "video": frames}) == tokens({"type": "image", "image": frames_to_image(frames)})
+        with pytest.raises(RequestError, match=r"messages\[0\]\.content\[0\]: the video: not a video file") as caught:
+            tokens({"type": "video", "video": b"\x00\x01 not a video at all" * 10})
+        assert caught.value.param == "messages[0].content[0]" and "deepstack-video-" not in str(caught.value)
+        with pytest.raises(RequestError, match="only user messages may hold images and videos"):
+            Request([{"role": "assistant", "content": [{"type": "video", "video": frames}]}])

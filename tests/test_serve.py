@@ -64,6 +64,10 @@ def image_part(url: str) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def video_part(url: str) -> dict:
+    return {"type": "video_url", "video_url": {"url": url}}
+
+
 def chat(*parts, max_tokens: int = 6, **fields) -> dict:
     content = [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]
     return {"model": "deepstack", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
@@ -110,6 +114,22 @@ def stream_events(client, body) -> list:
 
 
 # ---- answers ---------------------------------------------------------------------------------------------
+def test_a_video_part_gets_the_engines_answer_for_that_video(client, engine, tmp_path):
+    """vLLM's ``video_url`` part: the video's bytes go to the engine, which shows the model its frame mosaic
+    (docs/video.md); the answer and the prompt's token count are the engine's for that video."""
+    from tests.video_clips import grey_frames, write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", grey_frames(8)).read_bytes()
+    response = client.post("/v1/chat/completions",
+                           json=chat(video_part(data_url(clip, "video/mp4")), "what happens?"))
+    assert response.status_code == 200, response.text
+    expected = engine.generate(Request([{"role": "user", "content": [
+        {"type": "video", "video": clip}, {"type": "text", "text": "what happens?"}]}], max_tokens=6), timeout=60)
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == expected.text
+    assert body["usage"]["prompt_tokens"] == expected.prompt_tokens
+
+
 def test_a_chat_completion_answers_like_the_engine(client, engine):
     response = client.post("/v1/chat/completions", json=chat(image_part(data_url(png(1))), "what is this?"))
     assert response.status_code == 200
@@ -238,6 +258,14 @@ BAD_REQUESTS = [
     ("too many images", chat(*[image_part(data_url(png(i))) for i in range(4)]), 400, "messages", "too_many_images"),
     ("an image in an assistant turn", {"messages": [{"role": "assistant", "content": [
         image_part(data_url(png(0)))]}]}, 400, "messages[0].content[0]", "invalid_value"),
+    ("an image as a video", chat(video_part(data_url(png(0)))), 400, "messages[0].content[0].video_url.url",
+     "invalid_video"),
+    ("not a video", chat(video_part(data_url(b"\x00not a video" * 20, "video/mp4"))), 400, "messages[0].content[0]",
+     "invalid_video"),
+    ("a video in an assistant turn", {"messages": [{"role": "assistant", "content": [
+        video_part(data_url(b"\x00", "video/mp4"))]}]}, 400, "messages[0].content[0]", "invalid_value"),
+    ("a missing video file", chat(video_part("clip.mp4")), 400, "messages[0].content[0].video_url.url",
+     "video_not_found"),
     ("a path out of the image root", chat(image_part("../secret.png")), 400, "messages[0].content[0].image_url.url",
      "path_outside_root"),
     ("an absolute path", chat(image_part("/etc/passwd")), 400, "messages[0].content[0].image_url.url",
@@ -473,6 +501,25 @@ def test_chat_prints_the_answer_keeps_the_conversation_and_saves_it(tmp_path, en
     assert [m["role"] for m in saved] == ["user", "assistant", "user", "assistant"]
     assert saved[0]["content"][0] == {"type": "image", "path": str(tmp_path / "cat.png")}
     assert saved[1]["content"] == first.text
+
+
+def test_chat_attaches_a_video_and_refuses_a_file_that_is_not_one(tmp_path, engine):
+    from deepstack.serve.chat import run_chat
+    from tests.video_clips import grey_frames, write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", grey_frames(8))
+    (tmp_path / "notes.mp4").write_bytes(b"\x00 not a video" * 20)
+    typed = f"/video {tmp_path / 'notes.mp4'}\n/video {clip}\nwhat happens?\n/save {tmp_path / 'chat.json'}\n"
+    output = io.StringIO()
+    run_chat(engine, max_tokens=5, input_stream=io.StringIO(typed), output=output)
+    expected = engine.generate(Request([{"role": "user", "content": [
+        {"type": "video", "video": clip.read_bytes()}, {"type": "text", "text": "what happens?"}]}], max_tokens=5),
+        timeout=60)
+    shown = output.getvalue()
+    assert "(cannot use that video: " in shown and "not a video file" in shown
+    assert "its frame mosaic" in shown and f"you> {expected.text}\n" in shown
+    saved = json.loads((tmp_path / "chat.json").read_text())["messages"]
+    assert saved[0]["content"] == [{"type": "video", "path": str(clip)}, {"type": "text", "text": "what happens?"}]
 
 
 def test_terminal_chat_streams_and_stops_on_ctrl_c(tmp_path):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import math
 import queue
 import secrets
 import threading
@@ -74,8 +75,9 @@ class Request:
     """One chat completion to make.
 
     ``messages``: ``{"role": "system" | "user" | "assistant", "content": ...}`` where content is a string or a
-    list of parts ``{"type": "text", "text": str}`` and ``{"type": "image", "image": PIL image or the bytes of
-    an image file}``. ``temperature`` 0 is greedy decoding; ``max_tokens`` ``None`` is the engine's default
+    list of parts ``{"type": "text", "text": str}``, ``{"type": "image", "image": PIL image or the bytes of
+    an image file}`` and ``{"type": "video", "video": the bytes of a video file, or its frames as PIL images}``
+    (a video reaches the model as one image, its frame mosaic: docs/video.md). ``temperature`` 0 is greedy decoding; ``max_tokens`` ``None`` is the engine's default
     (cut to what the context leaves); ``stop``: up to 4 strings that end the answer (not included in it).
     ``prompt``: the prompt exactly as the model is to read it, with one image placeholder per image part of
     ``messages`` in their order, used instead of the chat template's rendering of ``messages`` (evaluation asks
@@ -146,12 +148,36 @@ def check_messages(messages) -> None:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text" and isinstance(part.get("text"), str):
                 continue
-            if kind == "image" and isinstance(part.get("image"), (Image.Image, bytes)):
+            if (kind == "image" and isinstance(part.get("image"), (Image.Image, bytes))) or (
+                    kind == "video" and _is_video(part.get("video"))):
                 if message["role"] != "user":
-                    raise RequestError(place, f"{place}: only user messages may hold images")
+                    raise RequestError(place, f"{place}: only user messages may hold images and videos")
                 continue
-            raise RequestError(place, f"{place} must be {{type: text, text: str}} or {{type: image, image: ...}}",
-                               "invalid_type")
+            raise RequestError(place, f"{place} must be {{type: text, text: str}}, {{type: image, image: ...}} or "
+                               "{type: video, video: ...}", "invalid_type")
+
+
+def _is_video(video) -> bool:
+    return isinstance(video, bytes) or (isinstance(video, (list, tuple)) and len(video) > 0
+                                        and all(isinstance(frame, Image.Image) for frame in video))
+
+
+@dataclass(frozen=True)
+class Video:
+    """A video part's content on its way to the model: the bytes of a video file or its frames."""
+
+    content: bytes | tuple
+
+    def mosaic(self, max_pixels: int) -> Image.Image:
+        """The one image the model sees (docs/video.md): frames sampled uniformly, tiled, made square; scaled
+        down to ``max_pixels`` where the frames are large (the model's views are far smaller anyway)."""
+        from ..model.video_file import load_video_bytes, video_image  # PyAV only where a video is sent
+
+        image = load_video_bytes(self.content) if isinstance(self.content, bytes) else video_image(list(self.content))
+        if image.width * image.height > max_pixels:
+            side = math.isqrt(max_pixels)
+            image = image.resize((side, side), Image.Resampling.BICUBIC)
+        return image
 
 
 @dataclass
@@ -316,14 +342,20 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image
             raise ValueError(f"unreadable or truncated image ({error})") from None
 
 
-def image_key(image: Image.Image | bytes) -> str:
-    """The cache key of an image: a hash of the file's bytes, or of a PIL image's mode, size and pixels."""
+def image_key(image: Image.Image | bytes | Video) -> str:
+    """The cache key of an image: a hash of the file's bytes, or of a PIL image's mode, size and pixels; of a
+    video: of its file's bytes or of its frames."""
     digest = hashlib.sha256()
-    if isinstance(image, bytes):
-        digest.update(b"file:" + image)
-    else:
-        digest.update(f"pil:{image.mode}:{image.size}:".encode())
-        digest.update(image.tobytes())
+    frames = [image]
+    if isinstance(image, Video):
+        digest.update(b"video:")
+        frames = [image.content] if isinstance(image.content, bytes) else image.content
+    for frame in frames:
+        if isinstance(frame, bytes):
+            digest.update(b"file:" + frame)
+        else:
+            digest.update(f"pil:{frame.mode}:{frame.size}:".encode())
+            digest.update(frame.tobytes())
     return digest.hexdigest()
 
 
@@ -564,8 +596,9 @@ class Engine:
             raise RequestError("messages", f"the messages hold {characters:,} characters, far more than the model's "
                                f"{self.context} positions can take; shorten them", "context_length_exceeded")
 
-    def _render(self, messages: list[dict]) -> tuple[str, list[tuple[str, Image.Image | bytes]]]:
-        """The prompt text (with one placeholder per image) and the images in order, with where each is."""
+    def _render(self, messages: list[dict]) -> tuple[str, list[tuple[str, Image.Image | bytes | Video]]]:
+        """The prompt text (with one placeholder per image or video) and the images in order, with where each
+        is; a video takes one image's place (its mosaic)."""
         image_token, flat, images = self.processor.image_token, [], []
         for index, message in enumerate(messages):
             content = message["content"]
@@ -573,11 +606,15 @@ class Engine:
             for number, part in enumerate(parts):
                 if part["type"] == "image":
                     images.append((f"messages[{index}].content[{number}]", part["image"]))
+                elif part["type"] == "video":
+                    video = part["video"]
+                    images.append((f"messages[{index}].content[{number}]",
+                                   Video(video if isinstance(video, bytes) else tuple(video))))
                 elif image_token in part["text"]:
                     raise RequestError(f"messages[{index}].content", f"the text holds the image placeholder "
                                        f"{image_token!r}; send images as image parts, not as text")
             flat.append({"role": message["role"], "content": [
-                {"type": "image"} if part["type"] == "image" else part for part in parts]})
+                {"type": "image"} if part["type"] in ("image", "video") else part for part in parts]})
         if self.processor.template is None:  # a base LLM: the turns as plain text
             return "\n".join(_plain(message, image_token) for message in flat), images
         try:
@@ -585,8 +622,11 @@ class Engine:
         except Exception as error:  # the chat template refuses this conversation (e.g. roles out of order)
             raise RequestError("messages", f"the model's chat template refuses these messages: {error}") from None
 
-    def _views(self, place: str, image: Image.Image | bytes) -> ImageViews:
+    def _views(self, place: str, image: Image.Image | bytes | Video) -> ImageViews:
+        code = "invalid_video" if isinstance(image, Video) else "invalid_image"
         try:
+            if isinstance(image, Video):
+                image = image.mosaic(self.max_image_pixels)
             if isinstance(image, bytes):
                 image = decode_image(image, self.max_image_pixels)
             elif image.width * image.height > self.max_image_pixels:
@@ -594,7 +634,7 @@ class Engine:
                                  f"{self.max_image_pixels:,}; resize it")
             return ImageViews(self.processor.image_views(image), displayed_size(image))
         except Exception as error:  # noqa: BLE001 - whatever an image does to PIL, it is this request's image
-            raise RequestError(place, f"{place}: {error}", "invalid_image") from None
+            raise RequestError(place, f"{place}: {error}", code) from None
 
     def _answer_length(self, request: Request, prompt_tokens: int, image_tokens: list[int]) -> int:
         context = self.context

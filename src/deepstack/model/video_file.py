@@ -13,6 +13,7 @@ and what to do.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,18 @@ def load_video(path: str | os.PathLike, rows: int = ROWS, cols: int = COLS, side
     """The video at ``path`` as one square image: ``rows * cols`` frames sampled uniformly, tiled row-major,
     resized to a square (Table 3; ``video.frames_to_image``)."""
     return frames_to_image(read_frames(path, rows * cols), rows, cols, side)
+
+
+def load_video_bytes(data: bytes, rows: int = ROWS, cols: int = COLS) -> Image.Image:
+    """``load_video`` for a video file held in memory (a server's upload): the same checks, its errors say "the
+    video" instead of a path."""
+    with tempfile.TemporaryDirectory(prefix="deepstack-video-") as folder:
+        path = Path(folder) / "video"
+        path.write_bytes(data)
+        try:
+            return load_video(path, rows, cols)
+        except ValueError as error:
+            raise ValueError(str(error).replace(f"{path}: ", "the video: ").replace(str(path), "the video")) from None
 
 
 def video_image(video, rows: int = ROWS, cols: int = COLS) -> Image.Image:

@@ -1,8 +1,9 @@
 """``deepstack chat``: talk to a model in the terminal, over the same engine the server uses (docs/serve.md).
 
 The answer is printed as it is generated; Ctrl-C stops it (what was said so far stays in the conversation).
-Commands: ``/image PATH`` attaches an image to your next message, ``/reset`` starts over, ``/save FILE`` writes
-the conversation as JSON (images by path), ``/quit`` (or Ctrl-D) leaves.
+Commands: ``/image PATH`` attaches an image to your next message, ``/video PATH`` a video (the model sees its frame
+mosaic, docs/video.md), ``/reset`` starts over, ``/save FILE`` writes the conversation as JSON (images and videos
+by path), ``/quit`` (or Ctrl-D) leaves.
 """
 
 from __future__ import annotations
@@ -14,28 +15,29 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from ..infer.engine import Engine, Request, RequestError, decode_image
+from ..infer.engine import Engine, Request, RequestError, Video, decode_image
 
 PROMPT = "you> "
-HELP = "commands: /image PATH, /reset, /save FILE, /quit; Ctrl-C stops an answer"
+HELP = "commands: /image PATH, /video PATH, /reset, /save FILE, /quit; Ctrl-C stops an answer"
 
 
 class Conversation:
-    """The turns so far, as engine messages; each image part also keeps its path (for ``/save``)."""
+    """The turns so far, as engine messages; each image or video part also keeps its path (for ``/save``)."""
 
     def __init__(self, system: str | None = None):
         self.system = system
         self.messages: list[dict] = []
-        self.attached: list[dict] = []  # image parts waiting for the next user message
+        self.attached: list[dict] = []  # image and video parts waiting for the next user message
 
     def reset(self) -> None:
         self.messages, self.attached = [], []
 
-    def attach(self, path: str, max_pixels: int) -> dict:
+    def attach(self, path: str, max_pixels: int, kind: str = "image") -> dict:
+        """Attach the image (or ``kind="video"``, the video) at ``path`` to the next message; a file that cannot
+        be used is refused now, not in the middle of a turn. Returns the size of the image the model sees."""
         data = Path(path).expanduser().read_bytes()
-        image = decode_image(data, max_pixels)  # refuse a bad file now, not in the middle of a turn
-        part = {"type": "image", "image": data, "path": str(Path(path).expanduser().resolve())}
-        self.attached.append(part)
+        image = Video(data).mosaic(max_pixels) if kind == "video" else decode_image(data, max_pixels)
+        self.attached.append({"type": kind, kind: data, "path": str(Path(path).expanduser().resolve())})
         return {"size": image.size}
 
     def request(self, text: str, **settings) -> Request:
@@ -50,7 +52,7 @@ class Conversation:
 
     def save(self, path: str) -> None:
         def plain(part: dict) -> dict:
-            return {"type": "image", "path": part["path"]} if part["type"] == "image" else part
+            return {"type": part["type"], "path": part["path"]} if part["type"] in ("image", "video") else part
 
         turns = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str)
                   else [plain(part) for part in m["content"]]} for m in self.messages]
@@ -89,12 +91,14 @@ def run_chat(engine: Engine, system: str | None = None, max_tokens: int = 512, t
         if command == "/reset":
             conversation.reset()
             say("(conversation cleared)")
-        elif command == "/image":
+        elif command in ("/image", "/video"):
+            kind = command[1:]
             try:
-                size = conversation.attach(argument.strip(), engine.max_image_pixels)["size"]
-                say(f"(attached {argument.strip()}, {size[0]}x{size[1]}; it goes with your next message)")
-            except (OSError, ValueError) as error:
-                say(f"(cannot use that image: {error})")
+                size = conversation.attach(argument.strip(), engine.max_image_pixels, kind)["size"]
+                shown_as = f"{size[0]}x{size[1]}" if kind == "image" else f"its frame mosaic, {size[0]}x{size[1]}"
+                say(f"(attached {argument.strip()}, {shown_as}; it goes with your next message)")
+            except (OSError, ValueError, ImportError) as error:
+                say(f"(cannot use that {kind}: {error})")
         elif command == "/save":
             try:
                 conversation.save(argument.strip())

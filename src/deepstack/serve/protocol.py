@@ -158,74 +158,78 @@ def parse_messages(body: dict, images: ImageRules) -> list[dict]:
                 if not isinstance(part.get("text"), str):
                     raise invalid(f"{place}.text", f"{place}.text must be a string", "invalid_type")
                 parts.append({"type": "text", "text": part["text"]})
-            elif kind == "image_url":
+            elif kind in ("image_url", "video_url"):
+                media = kind[: -len("_url")]
                 if role != "user":
-                    raise invalid(place, f"{place}: only user messages may hold images")
+                    raise invalid(place, f"{place}: only user messages may hold images and videos")
                 count += 1
                 if count > images.max_images:
-                    raise invalid("messages", f"the messages hold more than {images.max_images} images, the most "
-                                  "this server takes per request", "too_many_images")
-                parts.append({"type": "image", "image": read_image(place, part.get("image_url"), images)})
+                    raise invalid("messages", f"the messages hold more than {images.max_images} images and videos, "
+                                  "the most this server takes per request", "too_many_images")
+                parts.append({"type": media, media: read_image(place, part.get(kind), images, media)})
             else:
-                raise invalid(f"{place}.type", f"{place}.type must be \"text\" or \"image_url\", got "
-                              f"{shown(kind)}", "invalid_type" if kind is None else "unsupported_value")
+                raise invalid(f"{place}.type", f"{place}.type must be \"text\", \"image_url\" or \"video_url\", "
+                              f"got {shown(kind)}", "invalid_type" if kind is None else "unsupported_value")
         parsed.append({"role": SUPPORTED_ROLES[role], "content": parts})
     return parsed
 
 
-# ---- images ------------------------------------------------------------------------------------------------
-def read_image(place: str, image_url, rules: ImageRules) -> bytes:
-    """The bytes of the image a part names: a ``data:`` URL, a file under ``rules.root``, or (when allowed)
-    an ``http(s)`` URL. Decoding them is the engine's job."""
+# ---- images and videos ------------------------------------------------------------------------------------
+def read_image(place: str, image_url, rules: ImageRules, kind: str = "image") -> bytes:
+    """The bytes of the image (or, with ``kind="video"``, the video) a part names: a ``data:`` URL, a file under
+    ``rules.root``, or (when allowed) an ``http(s)`` URL. Decoding them is the engine's job."""
+    field_name = f"{kind}_url"
     if isinstance(image_url, dict):
-        url, place = image_url.get("url"), f"{place}.image_url.url"
+        url, place = image_url.get("url"), f"{place}.{field_name}.url"
     else:
-        url, place = image_url, f"{place}.image_url"
+        url, place = image_url, f"{place}.{field_name}"
     if not isinstance(url, str) or not url:
         raise invalid(place, f"{place} must be a non-empty string (a data: URL, a file path or a URL)", "invalid_type")
     if url.startswith("data:"):
-        return data_url(place, url, rules.max_bytes)
+        return data_url(place, url, rules.max_bytes, kind)
     scheme = urlparse(url).scheme.lower()
     if scheme in ("http", "https"):
         if not rules.allow_remote:
-            raise invalid(place, f"{place}: this server does not fetch remote images; send the image as a "
-                          "data:image/...;base64 URL (or start the server with --allow-remote-images)",
-                          "remote_images_disabled")
-        return fetch(place, url, rules)
+            raise invalid(place, f"{place}: this server does not fetch remote {kind}s; send the {kind} as a "
+                          f"data:{kind}/...;base64 URL (or start the server with --allow-remote-images)",
+                          f"remote_{kind}s_disabled")
+        return fetch(place, url, rules, kind)
     if scheme == "file":
-        return local_file(place, unquote(urlparse(url).path), rules)
+        return local_file(place, unquote(urlparse(url).path), rules, kind)
     if scheme and len(scheme) > 1:  # a one-letter scheme is a Windows drive
         raise invalid(place, f"{place}: unsupported URL scheme {shown(scheme)}; use a data: URL", "unsupported_value")
-    return local_file(place, url, rules)
+    return local_file(place, url, rules, kind)
 
 
-def data_url(place: str, url: str, max_bytes: int) -> bytes:
+def data_url(place: str, url: str, max_bytes: int, kind: str = "image") -> bytes:
     header, comma, payload = url.partition(",")
+    example = "data:image/png;base64,<data>" if kind == "image" else "data:video/mp4;base64,<data>"
     if not comma or not header.endswith(";base64"):
-        raise invalid(place, f"{place}: a data URL must look like data:image/png;base64,<data>", "invalid_image")
+        raise invalid(place, f"{place}: a data URL must look like {example}", f"invalid_{kind}")
     mime = header[len("data:") : -len(";base64")].split(";")[0].strip().lower()
-    if mime and not mime.startswith("image/"):
-        raise invalid(place, f"{place}: the data URL holds {shown(mime)}, not an image", "invalid_image")
+    if mime and not mime.startswith(f"{kind}/"):
+        raise invalid(place, f"{place}: the data URL holds {shown(mime)}, not {'an image' if kind == 'image' else 'a video'}",
+                      f"invalid_{kind}")
     payload = "".join(payload.split())
     if len(payload) // 4 * 3 > max_bytes + 2:
-        raise invalid(place, f"{place}: the image is over the limit of {max_bytes:,} bytes", "image_too_large")
+        raise invalid(place, f"{place}: the {kind} is over the limit of {max_bytes:,} bytes", f"{kind}_too_large")
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise invalid(place, f"{place}: the data URL's payload is not valid base64", "invalid_base64") from None
     if len(data) > max_bytes:
-        raise invalid(place, f"{place}: the image is over the limit of {max_bytes:,} bytes", "image_too_large")
+        raise invalid(place, f"{place}: the {kind} is over the limit of {max_bytes:,} bytes", f"{kind}_too_large")
     return data
 
 
-def local_file(place: str, path: str, rules: ImageRules) -> bytes:
+def local_file(place: str, path: str, rules: ImageRules, kind: str = "image") -> bytes:
     if rules.root is None:
-        raise invalid(place, f"{place}: this server reads no local files; send the image as a data: URL (or "
-                      "start the server with --image-root DIR)", "local_images_disabled")
+        raise invalid(place, f"{place}: this server reads no local files; send the {kind} as a data: URL (or "
+                      "start the server with --image-root DIR)", f"local_{kind}s_disabled")
     try:
         resolved = (rules.root / path).resolve()  # an absolute path replaces the root; both are checked below
     except (OSError, RuntimeError, ValueError):
-        raise invalid(place, f"{place}: not a usable path", "invalid_image") from None
+        raise invalid(place, f"{place}: not a usable path", f"invalid_{kind}") from None
     if not resolved.is_relative_to(rules.root):
         raise invalid(place, f"{place}: the path is outside the server's image root", "path_outside_root")
     try:
@@ -233,28 +237,30 @@ def local_file(place: str, path: str, rules: ImageRules) -> bytes:
         if not resolved.is_file():
             raise FileNotFoundError
     except (OSError, ValueError):
-        raise invalid(place, f"{place}: no such image file under the server's image root", "image_not_found") from None
+        raise invalid(place, f"{place}: no such {kind} file under the server's image root",
+                      f"{kind}_not_found") from None
     if size > rules.max_bytes:
-        raise invalid(place, f"{place}: the image is over the limit of {rules.max_bytes:,} bytes", "image_too_large")
+        raise invalid(place, f"{place}: the {kind} is over the limit of {rules.max_bytes:,} bytes",
+                      f"{kind}_too_large")
     return resolved.read_bytes()
 
 
-def fetch(place: str, url: str, rules: ImageRules) -> bytes:
+def fetch(place: str, url: str, rules: ImageRules, kind: str = "image") -> bytes:
     import httpx
 
     data = bytearray()
     try:
         with httpx.stream("GET", url, timeout=rules.remote_timeout, follow_redirects=True) as response:
             if response.status_code != 200:
-                raise invalid(place, f"{place}: fetching the image gave HTTP {response.status_code}",
-                              "image_fetch_failed")
+                raise invalid(place, f"{place}: fetching the {kind} gave HTTP {response.status_code}",
+                              f"{kind}_fetch_failed")
             for chunk in response.iter_bytes():
                 data += chunk
                 if len(data) > rules.max_bytes:
-                    raise invalid(place, f"{place}: the image is over the limit of {rules.max_bytes:,} bytes",
-                                  "image_too_large")
+                    raise invalid(place, f"{place}: the {kind} is over the limit of {rules.max_bytes:,} bytes",
+                                  f"{kind}_too_large")
     except httpx.HTTPError as error:
-        raise invalid(place, f"{place}: the image could not be fetched ({error})", "image_fetch_failed") from None
+        raise invalid(place, f"{place}: the {kind} could not be fetched ({error})", f"{kind}_fetch_failed") from None
     return bytes(data)
 
 

@@ -19,7 +19,7 @@ from deepstack.train.config import load_config
 from deepstack.train.data import IGNORE_INDEX, ConversationEncoder
 from deepstack.train.loop import DataError, train
 from tests.fixtures import tiny
-from tests.fixtures import COLOURS, write_config, write_dataset
+from tests.fixtures import write_config, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

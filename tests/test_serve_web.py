@@ -192,3 +192,30 @@ def test_stop_ends_the_answer_and_keeps_what_was_said(server, page):
     assert ask(page, "Go on", answers=2) == api_answer(server, [
         question("Tell me a long story"), {"role": "assistant", "content": said}, question("Go on")])
     assert sent[-1]["messages"][1] == {"role": "assistant", "content": said}
+
+
+@needs_chromium
+def test_a_video_sent_from_the_page_is_a_video_url_part_and_gets_the_api_answer(server, page, tmp_path):
+    from tests.video_clips import grey_frames, write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", grey_frames(8))
+    (tmp_path / "notes.txt").write_text("not a picture")
+    page.goto(server)
+    page.fill("#api-key", KEY)
+    page.fill("#max-tokens", str(MAX_TOKENS))
+    page.fill("#temperature", "0")
+    page.set_input_files("#file", str(tmp_path / "notes.txt"))
+    page.wait_for_selector("#error:not([hidden])")
+    assert "notes.txt is not an image or a video" in page.text_content("#error")
+    sent = []
+    page.on("request", lambda request: sent.append(request.post_data_json) if request.method == "POST" else None)
+    page.set_input_files("#file", str(clip))
+    page.wait_for_selector("#attachment:not([hidden]) #preview-video[src^='data:video/mp4']")
+    assert page.is_hidden("#preview-image")
+    url = f"data:video/mp4;base64,{base64.b64encode(clip.read_bytes()).decode()}"
+    asked = {"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                         {"type": "text", "text": "What happens?"}]}
+    assert ask(page, "What happens?", answers=1) == api_answer(server, [asked])
+    assert sent[-1]["messages"] == [asked]
+    assert page.locator(".message.user video.thumbnail").get_attribute("src") == url
+    assert page.is_hidden("#attachment") and page.is_hidden("#error")

@@ -7,8 +7,8 @@ const $ = (id) => document.getElementById(id);
 const log = $("log"), form = $("composer"), prompt = $("prompt"), send = $("send"), errorBox = $("error");
 const keyInput = $("api-key"), maxTokens = $("max-tokens"), temperature = $("temperature");
 
-let messages = [];  // the conversation so far, as OpenAI messages (images as data: URLs)
-let image = null;   // the data: URL of the image attached to the next question
+let messages = [];     // the conversation so far, as OpenAI messages (images and videos as data: URLs)
+let attached = null;   // what goes with the next question: {kind: "image" or "video", url: its data: URL}
 let running = null; // the AbortController of the answer being streamed
 
 keyInput.value = localStorage.getItem("deepstack-api-key") || "";
@@ -16,24 +16,30 @@ keyInput.addEventListener("input", () => localStorage.setItem("deepstack-api-key
 fetch("health").then((response) => response.json()).then((health) => { $("model").textContent = health.model; },
                                                            () => {});
 
-// ---- the image: file picker or drag-and-drop ------------------------------------------------------------
+// ---- the image or video: file picker or drag-and-drop ---------------------------------------------------
+// A video goes as a video_url part; the model sees it as one image, the mosaic of its frames (docs/video.md).
 function attach(file) {
   if (!file) return;
-  if (!file.type.startsWith("image/")) return showError(`${file.name} is not an image`);
+  const kind = file.type.split("/")[0];
+  if (kind !== "image" && kind !== "video") return showError(`${file.name} is not an image or a video`);
   const reader = new FileReader();
-  reader.onload = () => setImage(reader.result);
+  reader.onload = () => setAttached({kind, url: reader.result});
   reader.onerror = () => showError(`could not read ${file.name}`);
   reader.readAsDataURL(file);
 }
 
-function setImage(url) {
-  image = url;
-  $("preview").src = url || "";
-  $("attachment").hidden = !url;
+function setAttached(attachment) {
+  attached = attachment;
+  for (const kind of ["image", "video"]) {
+    const preview = $(`preview-${kind}`), shown = attachment?.kind === kind;
+    preview.hidden = !shown;
+    if (shown) preview.src = attachment.url; else preview.removeAttribute("src");
+  }
+  $("attachment").hidden = !attachment;
 }
 
 $("file").addEventListener("change", (event) => { attach(event.target.files[0]); event.target.value = ""; });
-$("remove-image").addEventListener("click", () => setImage(null));
+$("remove-image").addEventListener("click", () => setAttached(null));
 document.addEventListener("dragover", (event) => { event.preventDefault(); document.body.classList.add("dropping"); });
 document.addEventListener("dragleave", (event) => {
   if (!event.relatedTarget) document.body.classList.remove("dropping");  // left the window
@@ -57,21 +63,21 @@ $("reset").addEventListener("click", () => {
   setBusy(null);
   messages = [];
   log.replaceChildren();
-  setImage(null);
+  setAttached(null);
   prompt.value = "";
   showError(null);
 });
 
 async function ask() {
-  const text = prompt.value.trim(), sentImage = image;
-  if (!text && !sentImage) return;
-  const question = {role: "user", content: sentImage ? [{type: "image_url", image_url: {url: sentImage}},
-                                                       {type: "text", text}] : text};
-  const asked = addMessage("user", text, sentImage), answered = addMessage("assistant", "");
+  const text = prompt.value.trim(), sent = attached;
+  if (!text && !sent) return;
+  const part = sent && {type: `${sent.kind}_url`, [`${sent.kind}_url`]: {url: sent.url}};
+  const question = {role: "user", content: sent ? [part, {type: "text", text}] : text};
+  const asked = addMessage("user", text, sent), answered = addMessage("assistant", "");
   const answer = answered.querySelector(".text");
   const controller = new AbortController();
   prompt.value = "";
-  setImage(null);
+  setAttached(null);
   showError(null);
   setBusy(controller);
   const keep = (finish) => {  // the turn joins the conversation
@@ -87,7 +93,7 @@ async function ask() {
     asked.remove();  // the turn failed: give the question back to edit or resend
     answered.remove();
     prompt.value = text;
-    setImage(sentImage);
+    setAttached(sent);
     showError(error.message);
   } finally {
     if (running === controller) setBusy(null);
@@ -143,14 +149,15 @@ async function errorMessage(response) {  // OpenAI's {"error": {"message": ...}}
 }
 
 // ---- the page -------------------------------------------------------------------------------------------
-function addMessage(role, text, imageUrl) {
+function addMessage(role, text, attachment) {
   const message = document.createElement("div");
   message.className = `message ${role}`;
-  if (imageUrl) {
-    const thumbnail = document.createElement("img");
+  if (attachment) {
+    const thumbnail = document.createElement(attachment.kind === "video" ? "video" : "img");
     thumbnail.className = "thumbnail";
-    thumbnail.src = imageUrl;
-    thumbnail.alt = "the image sent";
+    thumbnail.src = attachment.url;
+    if (attachment.kind === "video") thumbnail.controls = thumbnail.muted = true;
+    else thumbnail.alt = "the image sent";
     message.append(thumbnail);
   }
   const body = document.createElement("div");

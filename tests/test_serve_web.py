@@ -2,7 +2,7 @@
 playwright against a real uvicorn on 127.0.0.1 with an API key: the page and its files need no key, a missing key
 is shown as the server's error, an image sent by the file picker or dropped on the page is shown as a thumbnail,
 the answer streams in delta by delta and is the one the API gives for the same conversation, a second turn sends
-the whole conversation, and Reset starts over."""
+the whole conversation, Reset starts over, and a video goes as a ``video_url`` part."""
 
 import base64
 import io

@@ -2,14 +2,19 @@
 local-detail task, the phase timer and the upgrade path (none -> llm)."""
 
 import json
+import shutil
 from dataclasses import asdict, replace
 
 import pytest
+import torch
 
 from deepstack.cli import main
 from deepstack.research.lab import GROUPS, claims, collect, lab, plot_curves, report, run_key, switch, task_of
+from deepstack.model.builder import load_pretrained
+from deepstack.model.processing import load_image
+from deepstack.research.lab.probes import probe_table, run_probe
 from deepstack.research.lab.upgrade import records_loss, upgrade_and_evaluate
-from deepstack.research.recipe import FULL, Recipe, initial_model, run_config, train_recipe
+from deepstack.research.recipe import FULL, Recipe, initial_model, run_config, score, train_recipe
 from deepstack.research.tasks import TASKS, get_task
 from tests.fixtures import table_row, tiny, write_dataset
 
@@ -134,8 +139,6 @@ def test_switching_a_none_model_to_llm_keeps_its_weights_and_a_closed_gate_keeps
     processor.save_pretrained(tmp_path / "none")
     plain = switch(tmp_path / "none", tmp_path / "llm", "llm")
     gated = switch(tmp_path / "none", tmp_path / "gated", "llm", stack_gate="scalar")
-    from deepstack.model.builder import load_pretrained
-
     switched, switched_processor = load_pretrained(plain)
     assert switched.config.stack_mode == "llm" and switched_processor.stack_mode == "llm"
     assert switched.state_dict().keys() == model.state_dict().keys()  # the paper's llm adds no weight
@@ -217,3 +220,29 @@ def test_a_plateau_rule_replayed_on_the_curves_stops_where_the_accuracy_stops_ri
                "groups": {}, "plateau": replay}
     assert ("would have stopped 1 of these 2 runs early and saved 8% of their training steps" in report(results))
     assert plateau_replay({"a": {"rows": [{"key": "none", "seeds_done": [0]}]}}) is None
+
+
+def test_a_probe_evaluates_the_labs_trained_weights_with_one_setting_changed(tmp_path):
+    recipe = replace(LOCAL, sizes={"train": 8, "val": 2, "test": 4})
+    lab_dir, data = tmp_path / "lab", tmp_path / "lab" / "data-localdetail"
+    get_task("localdetail").make_data(data, sizes=recipe.sizes)
+    init = initial_model("llm", data, tmp_path / "init", 0, recipe)
+    trained = lab_dir / "models" / "localdetail" / "llm-seed0" / "trained"  # where the lab keeps llm, seed 0
+    shutil.copytree(init, trained)
+    rows = run_probe("stacks", lab_dir, seeds=(0, 1), recipe=recipe)  # seed 1 was not trained: skipped
+    assert [(row["trained"], row["evaluated"], row["seed"]) for row in rows] == [
+        ("llm (4 stacks)", f"{count} stack(s)", 0) for count in (1, 2, 3, 4)]
+    assert rows[-1]["fine_accuracy"] == score(trained, data, recipe)["fine_accuracy"]  # its own setting
+    original, processor = load_pretrained(trained)
+    probed, _ = load_pretrained(lab_dir / "probes" / "stacks" / "llm-seed0" / "1_stack(s)")
+    assert probed.config.num_stack_layers == 1 and original.config.num_stack_layers in (None, 4)
+    assert all(torch.equal(value, probed.state_dict()[name]) for name, value in original.state_dict().items())
+    sample = json.loads((data / "test.json").read_text())[0]
+    inputs = processor(images=load_image(data / "images" / sample["image"]), text=f"{processor.image_token}\nwhich?")
+    with torch.no_grad():
+        assert not torch.allclose(original(**inputs).logits, probed(**inputs).logits)  # the change is applied
+
+    made = [{"probe": "stacks", "trained": "llm (4 stacks)", "evaluated": evaluated, "seed": seed, "fine_accuracy": fine}
+            for evaluated, seed, fine in [("1 stack(s)", 0, 0.4), ("1 stack(s)", 1, 0.5), ("4 stack(s)", 0, 0.5)]]
+    assert probe_table("stacks", made).splitlines()[2] == (
+        "| llm (4 stacks) | 45.0% ± 7.1% |  |  | 50.0% ± 0.0% | 0, 1 |")

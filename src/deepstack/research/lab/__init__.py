@@ -18,7 +18,8 @@ finished run is appended to ``runs.jsonl`` at once, so an interrupted lab contin
 
 ``arms``: the arms, groups and claims; ``runner``: the runs (a process pool, resumed from ``runs.jsonl``);
 ``upgrade``: the none -> llm path; ``stats``: mean ± std, equal steps / equal time, the claims; ``report``:
-lab.md, lab.png and the learning-curve figures.
+lab.md, lab.png and the learning-curve figures; ``probes``: the trained models evaluated with one setting changed
+(``scripts/lab_probes.py``).
 """
 
 from .arms import CLAIMS, GROUPS, Arm, Claim, Group

@@ -1,0 +1,92 @@
+"""Evaluation-time probes of the lab's trained models: the same weights, one setting changed at evaluation.
+
+When arms reach the same accuracy, a probe tells what the models actually read. ``layout``: the three Sampling2D
+layouts of Table 5, each trained model evaluated under every layout. Only ``2d_spatial`` puts a tile's four
+quarters at that tile's global token (docs/finedetail.md); a model that reads a quarter where its own layout put
+it loses that quarter when evaluated under a layout that puts another token's hi-res patch there, and keeps its
+accuracy under a layout that puts the same patch in the same (stack, token). ``stacks``: DeepStack-L trained with
+all four stacks, evaluated with only the first k injected (``num_stack_layers=k``, Fig. 3c): the stacks that the
+model's accuracy does not need are the ones it does not read. The fine accuracy a model can reach seeing k of a
+tile's four quarters is ``fine_ceiling(k)`` (40%, 53%, 70% and 100% for 1 to 4; chance is 20%).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import NamedTuple
+
+from ..recipe import FULL, Recipe, score
+from .arms import LOCAL, Arm
+from .stats import run_key
+from .upgrade import switch
+
+LAYOUTS = ("2d_spatial", "2d_grid", "1d_sequential")
+
+
+class Probe(NamedTuple):
+    title: str
+    trained: dict[str, Arm]  # label: the arm whose trained models are probed
+    evaluated: dict[str, dict]  # label: the settings the weights are evaluated with
+
+
+PROBES: dict[str, Probe] = {
+    "layout": Probe(
+        "Table 5: each layout's trained models evaluated under every layout (fine accuracy)",
+        {layout: Arm(layout, "llm", (("stack_sampling", layout),)) for layout in LAYOUTS},
+        {layout: {"stack_sampling": layout} for layout in LAYOUTS},
+    ),
+    "stacks": Probe(
+        "Fig. 3c: DeepStack-L trained with 4 stacks, evaluated with the first k injected (fine accuracy)",
+        {"llm (4 stacks)": Arm("llm", "llm")},
+        {f"{count} stack(s)": {"num_stack_layers": count} for count in (1, 2, 3, 4)},
+    ),
+}
+
+
+def trained_model(lab: Path, recipe: Recipe, arm: Arm, seed: int) -> Path:
+    """Where the lab in ``lab`` saved the trained model of ``arm`` and ``seed``."""
+    return Path(lab) / "models" / f"{run_key(recipe.task, arm)}-seed{seed}" / "trained"
+
+
+def run_probe(name: str, lab: str | Path, seeds: tuple[int, ...] = (0, 1, 2), recipe: Recipe = FULL.with_task(LOCAL),
+              work: str | Path | None = None) -> list[dict]:
+    """Probe ``name`` on the models the lab in ``lab`` trained (those of ``seeds`` that exist): a row per trained
+    arm, evaluated setting and seed, with the fine and coarse accuracy on the test split. The re-configured
+    models go to ``work`` (default ``lab/probes``)."""
+    probe, lab = PROBES[name], Path(lab)
+    work = Path(work or lab / "probes")
+    rows = []
+    for trained, arm in probe.trained.items():
+        for seed in seeds:
+            model = trained_model(lab, recipe, arm, seed)
+            if not (model / "config.json").is_file():
+                continue
+            for evaluated, settings in probe.evaluated.items():
+                folder = work / name / f"{arm.key}-seed{seed}" / evaluated.replace(" ", "_")
+                scores = score(switch(model, folder, arm.mode, seed, **settings), lab / f"data-{recipe.task}", recipe)
+                rows.append({"probe": name, "trained": trained, "evaluated": evaluated, "seed": seed,
+                             "fine_accuracy": scores["fine_accuracy"], "coarse_accuracy": scores["coarse_accuracy"],
+                             "per_question": scores["per_question"]})
+    return rows
+
+
+def probe_table(name: str, rows: list[dict]) -> str:
+    """Markdown: a row per trained arm, a column per evaluated setting, the fine accuracy as mean ± sample std
+    over the seeds, and the seeds."""
+    probe = PROBES[name]
+    rows = [row for row in rows if row["probe"] == name]
+    lines = [f"| trained \\ evaluated | {' | '.join(probe.evaluated)} | seeds |",
+             "|---|" + "---:|" * len(probe.evaluated) + "---|"]
+    for trained in probe.trained:
+        mine = [row for row in rows if row["trained"] == trained]
+        if not mine:
+            continue
+        cells = []
+        for evaluated in probe.evaluated:
+            values = [row["fine_accuracy"] for row in mine if row["evaluated"] == evaluated]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.1%} ± {spread:.1%}" if values else "")
+        seeds = ", ".join(str(seed) for seed in sorted({row["seed"] for row in mine}))
+        lines.append(f"| {trained} | {' | '.join(cells)} | {seeds} |")
+    return "\n".join(lines) + "\n"

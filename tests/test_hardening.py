@@ -322,3 +322,47 @@ def test_a_negative_source_weight_is_refused_naming_the_source(tmp_path):
     config = write_config(tmp_path, data, data={"sources": [{"path": str(data), "weight": -1}], "num_workers": 0})
     with pytest.raises(ValueError, match=r"data\.sources\.0\.weight=-1|data\.sources\[0\]\.weight=-1"):
         load_config(config)
+
+
+WORKERS_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from deepstack.research.recipe import in_processes
+
+def job(path, threads=None):
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(300)
+
+if __name__ == "__main__":
+    for _ in in_processes(job, [(sys.argv[1] + "/a",), (sys.argv[1] + "/b",)], 2):
+        pass
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie waits for a parent to reap it: it runs no more
+
+
+def test_the_workers_of_a_lab_or_demo_killed_with_sigkill_end_too(tmp_path):
+    """The lab and the demo train in worker processes (``recipe.in_processes``); killed with SIGKILL, the parent
+    cannot stop them, so they watch it and end: none goes on training beside a restarted run."""
+    script = tmp_path / "workers.py"
+    script.write_text(WORKERS_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=ROOT)
+    files = [tmp_path / "a", tmp_path / "b"]
+    deadline = time.monotonic() + 120
+    while not all(path.exists() and path.read_text() for path in files):
+        assert time.monotonic() < deadline and parent.poll() is None, "the workers did not start"
+        time.sleep(0.2)
+    workers = [int(path.read_text()) for path in files]
+    assert all(_running(pid) for pid in workers)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 15
+    while any(_running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived its parent"
+        time.sleep(0.2)

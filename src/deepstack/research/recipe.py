@@ -8,6 +8,7 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
@@ -354,10 +355,24 @@ def in_processes(fn: Callable, jobs: list[tuple], workers: int) -> Iterator:
             yield fn(*job)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(fn, *job, threads=threads) for job in jobs]
         for future in concurrent.futures.as_completed(futures):
             yield future.result()
+
+
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """In a worker process: end it once the process ``parent`` that started it is gone. A parent killed with
+    SIGKILL cannot stop its workers, which would otherwise go on training, share the cores with a restarted lab
+    and write into the folders of the runs it starts again."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 @contextmanager

@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from deepstack.research.lab.probes import PROBES, probe_table, run_probe  # noqa: E402
+from deepstack.research.lab.probes import PROBES, probe_questions, probe_table, run_probe  # noqa: E402
 from deepstack.research.tasks.localdetail import fine_ceiling  # noqa: E402
 
 
@@ -34,7 +34,8 @@ def write(results: dict, out: Path) -> None:
              f"best a model can do seeing k of a tile's four quarters is {ceilings} (`fine_ceiling`). The cell "
              "where the evaluated setting is the trained one re-scores the lab's own model.", ""]
     for name in results["probes"]:
-        lines += [f"## {PROBES[name].title}", "", probe_table(name, results["rows"])]
+        lines += [f"## {PROBES[name].title}", "", probe_table(name, results["rows"]),
+                  "Per question (mean over the seeds):", "", probe_questions(name, results["rows"])]
     out.mkdir(parents=True, exist_ok=True)
     (out / "probes.md").write_text("\n".join(lines), encoding="utf-8")
 

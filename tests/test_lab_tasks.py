@@ -12,7 +12,7 @@ from deepstack.cli import main
 from deepstack.research.lab import GROUPS, claims, collect, lab, plot_curves, report, run_key, switch, task_of
 from deepstack.model.builder import load_pretrained
 from deepstack.model.processing import load_image
-from deepstack.research.lab.probes import probe_table, run_probe
+from deepstack.research.lab.probes import probe_questions, probe_table, run_probe
 from deepstack.research.lab.upgrade import records_loss, upgrade_and_evaluate
 from deepstack.research.recipe import FULL, Recipe, initial_model, run_config, score, train_recipe
 from deepstack.research.tasks import TASKS, get_task
@@ -242,7 +242,10 @@ def test_a_probe_evaluates_the_labs_trained_weights_with_one_setting_changed(tmp
     with torch.no_grad():
         assert not torch.allclose(original(**inputs).logits, probed(**inputs).logits)  # the change is applied
 
-    made = [{"probe": "stacks", "trained": "llm (4 stacks)", "evaluated": evaluated, "seed": seed, "fine_accuracy": fine}
+    made = [{"probe": "stacks", "trained": "llm (4 stacks)", "evaluated": evaluated, "seed": seed, "fine_accuracy": fine,
+             "per_question": {"top-left": fine, "colour": 1.0}}
             for evaluated, seed, fine in [("1 stack(s)", 0, 0.4), ("1 stack(s)", 1, 0.5), ("4 stack(s)", 0, 0.5)]]
     assert probe_table("stacks", made).splitlines()[2] == (
         "| llm (4 stacks) | 45.0% ± 7.1% |  |  | 50.0% ± 0.0% | 0, 1 |")
+    assert probe_questions("stacks", made).splitlines()[2:] == [
+        "| llm (4 stacks) | 1 stack(s) | 45.0% | 100.0% |", "| llm (4 stacks) | 4 stack(s) | 50.0% | 100.0% |"]

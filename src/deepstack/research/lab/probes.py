@@ -90,3 +90,20 @@ def probe_table(name: str, rows: list[dict]) -> str:
         seeds = ", ".join(str(seed) for seed in sorted({row["seed"] for row in mine}))
         lines.append(f"| {trained} | {' | '.join(cells)} | {seeds} |")
     return "\n".join(lines) + "\n"
+
+
+def probe_questions(name: str, rows: list[dict]) -> str:
+    """Markdown: the accuracy per question (mean over the seeds) of each trained arm under each evaluated
+    setting, so that one sees which of the places a model still reads."""
+    probe = PROBES[name]
+    rows = [row for row in rows if row["probe"] == name]
+    questions = list(dict.fromkeys(question for row in rows for question in row["per_question"]))
+    lines = [f"| trained | evaluated | {' | '.join(questions)} |", "|---|---|" + "---:|" * len(questions)]
+    for trained in probe.trained:
+        for evaluated in probe.evaluated:
+            mine = [row["per_question"] for row in rows if (row["trained"], row["evaluated"]) == (trained, evaluated)]
+            if mine:
+                cells = [f"{statistics.fmean(scores[question] for scores in mine):.1%}" for question in questions]
+                lines.append(f"| {trained} | {evaluated} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+

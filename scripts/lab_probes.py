@@ -4,7 +4,8 @@
 
 Evaluates the models the lab saved under ``--lab`` with one setting changed (``deepstack.research.lab.probes``:
 ``layout`` swaps the Sampling2D layout of the Table 5 arms, ``stacks`` injects only the first k stacks of the
-4-stack DeepStack-L) and writes probes.json and probes.md to ``--out``; ``--report-only`` writes the Markdown
+4-stack DeepStack-L), reads how far the gated arms' gates opened, and writes probes.json and probes.md to
+``--out``; ``--report-only`` writes the Markdown
 again from the JSON.
 """
 
@@ -21,7 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from deepstack.research.lab.probes import PROBES, probe_questions, probe_table, run_probe  # noqa: E402
+from deepstack.research.lab.probes import (  # noqa: E402
+    PROBES, gate_openings, gates_table, probe_questions, probe_table, run_probe)
 from deepstack.research.tasks.localdetail import fine_ceiling  # noqa: E402
 
 
@@ -36,6 +38,10 @@ def write(results: dict, out: Path) -> None:
     for name in results["probes"]:
         lines += [f"## {PROBES[name].title}", "", probe_table(name, results["rows"]),
                   "Per question (mean over the seeds):", "", probe_questions(name, results["rows"])]
+    if results.get("gates"):
+        lines += ["## How far the gates opened (`gate` group)", "",
+                  "`|tanh(g_k)|` of the trained models, per stack (1 would be the paper's plain addition; the gates "
+                  "start at 0):", "", gates_table(results["gates"])]
     out.mkdir(parents=True, exist_ok=True)
     (out / "probes.md").write_text("\n".join(lines), encoding="utf-8")
 
@@ -57,7 +63,8 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         rows = [row for name in args.probes for row in run_probe(name, args.lab, tuple(args.seeds))]
         command = ".venv/bin/python scripts/lab_probes.py " + shlex.join(sys.argv[1:])
-        results = {"command": command.strip(), "probes": args.probes, "seeds": args.seeds, "rows": rows}
+        results = {"command": command.strip(), "probes": args.probes, "seeds": args.seeds, "rows": rows,
+                   "gates": gate_openings(args.lab, tuple(args.seeds))}
         out.mkdir(parents=True, exist_ok=True)
         (out / "probes.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     write(results, out)

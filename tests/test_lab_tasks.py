@@ -2,6 +2,7 @@
 local-detail task, the phase timer and the upgrade path (none -> llm)."""
 
 import json
+import math
 import shutil
 from dataclasses import asdict, replace
 
@@ -12,7 +13,7 @@ from deepstack.cli import main
 from deepstack.research.lab import GROUPS, claims, collect, lab, plot_curves, report, run_key, switch, task_of
 from deepstack.model.builder import load_pretrained
 from deepstack.model.processing import load_image
-from deepstack.research.lab.probes import probe_questions, probe_table, run_probe
+from deepstack.research.lab.probes import gate_openings, gates_table, probe_questions, probe_table, run_probe
 from deepstack.research.lab.upgrade import records_loss, upgrade_and_evaluate
 from deepstack.research.recipe import FULL, Recipe, initial_model, run_config, score, train_recipe
 from deepstack.research.tasks import TASKS, get_task
@@ -249,3 +250,18 @@ def test_a_probe_evaluates_the_labs_trained_weights_with_one_setting_changed(tmp
         "| llm (4 stacks) | 45.0% ± 7.1% |  |  | 50.0% ± 0.0% | 0, 1 |")
     assert probe_questions("stacks", made).splitlines()[2:] == [
         "| llm (4 stacks) | 1 stack(s) | 45.0% | 100.0% |", "| llm (4 stacks) | 4 stack(s) | 50.0% | 100.0% |"]
+
+
+def test_the_gates_opening_is_read_from_the_trained_weights(tmp_path):
+    model, processor = tiny("llm", stack_gate="channel")
+    with torch.no_grad():
+        model.stack_transform.gate.copy_(torch.tensor([[0.5, -0.5], [1.0, 0.0], [0.0, 0.0], [-2.0, 2.0]]).repeat_interleave(
+            model.stack_transform.gate.shape[1] // 2, dim=1))
+    folder = tmp_path / "models" / "localdetail" / "llm-stack_gate=channel-seed1" / "trained"
+    model.save_pretrained(folder)
+    rows = gate_openings(tmp_path, seeds=(0, 1))
+    assert [(row["arm"], row["seed"]) for row in rows] == [("stack_gate=channel", 1)]
+    expected = [math.tanh(0.5), math.tanh(1.0) / 2, 0.0, math.tanh(2.0)]
+    assert rows[0]["opening"] == pytest.approx(expected, abs=1e-6)
+    assert gates_table(rows).splitlines()[2] == "| stack_gate=channel | 0.462 | 0.381 | 0.000 | 0.964 | 1 |"
+

@@ -16,6 +16,9 @@ import statistics
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
+from safetensors.torch import load_file
+
 from ..recipe import FULL, Recipe, score
 from .arms import LOCAL, Arm
 from .stats import run_key
@@ -105,5 +108,34 @@ def probe_questions(name: str, rows: list[dict]) -> str:
             if mine:
                 cells = [f"{statistics.fmean(scores[question] for scores in mine):.1%}" for question in questions]
                 lines.append(f"| {trained} | {evaluated} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+GATED = {f"stack_gate={gate}": Arm(f"stack_gate={gate}", "llm", (("stack_gate", gate),)) for gate in ("scalar", "channel")}
+
+
+def gate_openings(lab: str | Path, seeds: tuple[int, ...] = (0, 1, 2), recipe: Recipe = FULL.with_task(LOCAL)) -> list[dict]:
+    """How far the trained gates opened: for each gated arm and seed the lab trained, ``|tanh(g_k)|`` per stack
+    (the mean over the channels for ``channel``), read from the saved weights (``stack_transform.gate``)."""
+    rows = []
+    for label, arm in GATED.items():
+        for seed in seeds:
+            weights = trained_model(Path(lab), recipe, arm, seed) / "model.safetensors"
+            if weights.is_file():
+                gate = load_file(weights)["stack_transform.gate"].float()
+                rows.append({"arm": label, "seed": seed, "opening": torch.tanh(gate).abs().mean(-1).tolist()})
+    return rows
+
+
+def gates_table(rows: list[dict]) -> str:
+    """Markdown: a row per gated arm, ``|tanh(g_k)|`` per stack as the mean over the seeds, and the seeds."""
+    stacks = max((len(row["opening"]) for row in rows), default=0)
+    lines = [f"| arm | {' | '.join(f'stack {k}' for k in range(stacks))} | seeds |", "|---|" + "---:|" * stacks + "---|"]
+    for label in GATED:
+        mine = [row for row in rows if row["arm"] == label]
+        if mine:
+            cells = [f"{statistics.fmean(row['opening'][k] for row in mine):.3f}" for k in range(stacks)]
+            seeds = ", ".join(str(row["seed"]) for row in mine)
+            lines.append(f"| {label} | {' | '.join(cells)} | {seeds} |")
     return "\n".join(lines) + "\n"
 

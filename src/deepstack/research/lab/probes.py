@@ -20,11 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 from ..recipe import FULL, Recipe, score
-from .arms import LOCAL, Arm
+from .arms import GROUPS, LOCAL, Arm
+from .runner import data_folder, model_folder
 from .stats import run_key
 from .upgrade import switch
-
-LAYOUTS = ("2d_spatial", "2d_grid", "1d_sequential")
 
 
 class Probe(NamedTuple):
@@ -36,8 +35,8 @@ class Probe(NamedTuple):
 PROBES: dict[str, Probe] = {
     "layout": Probe(
         "Table 5: each layout's trained models evaluated under every layout (fine accuracy)",
-        {layout: Arm(layout, "llm", (("stack_sampling", layout),)) for layout in LAYOUTS},
-        {layout: {"stack_sampling": layout} for layout in LAYOUTS},
+        {arm.label: arm for arm in GROUPS["v4_table5"].arms},
+        {arm.label: dict(arm.settings) for arm in GROUPS["v4_table5"].arms},
     ),
     "stacks": Probe(
         "Fig. 3c: DeepStack-L trained with 4 stacks, evaluated with the first k injected (fine accuracy)",
@@ -49,7 +48,7 @@ PROBES: dict[str, Probe] = {
 
 def trained_model(lab: Path, recipe: Recipe, arm: Arm, seed: int) -> Path:
     """Where the lab in ``lab`` saved the trained model of ``arm`` and ``seed``."""
-    return Path(lab) / "models" / f"{run_key(recipe.task, arm)}-seed{seed}" / "trained"
+    return model_folder(lab, run_key(recipe.task, arm), seed) / "trained"
 
 
 def run_probe(name: str, lab: str | Path, seeds: tuple[int, ...] = (0, 1, 2), recipe: Recipe = FULL.with_task(LOCAL),
@@ -67,7 +66,7 @@ def run_probe(name: str, lab: str | Path, seeds: tuple[int, ...] = (0, 1, 2), re
                 continue
             for evaluated, settings in probe.evaluated.items():
                 folder = work / name / f"{arm.key}-seed{seed}" / evaluated.replace(" ", "_")
-                scores = score(switch(model, folder, arm.mode, seed, **settings), lab / f"data-{recipe.task}", recipe)
+                scores = score(switch(model, folder, arm.mode, seed, **settings), data_folder(lab, recipe.task), recipe)
                 rows.append({"probe": name, "trained": trained, "evaluated": evaluated, "seed": seed,
                              "fine_accuracy": scores["fine_accuracy"], "coarse_accuracy": scores["coarse_accuracy"],
                              "per_question": scores["per_question"]})
@@ -111,7 +110,7 @@ def probe_questions(name: str, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-GATED = {f"stack_gate={gate}": Arm(f"stack_gate={gate}", "llm", (("stack_gate", gate),)) for gate in ("scalar", "channel")}
+GATED = {arm.label: arm for arm in GROUPS["gate"].arms if dict(arm.settings).get("stack_gate", "none") != "none"}
 
 
 def gate_openings(lab: str | Path, seeds: tuple[int, ...] = (0, 1, 2), recipe: Recipe = FULL.with_task(LOCAL)) -> list[dict]:

@@ -28,7 +28,7 @@ def lab(out: str | Path = "runs/lab", groups: list[str] | None = None, seeds: tu
     group that suits the task (those made for it, and those made for any task)."""
     out = Path(out)
     groups = _checked(groups, recipe.task)
-    data = out / ("data" if recipe.task == DEFAULT_TASK else f"data-{recipe.task}")
+    data = data_folder(out, recipe.task)
     if train:
         _ensure_data(data, recipe)
     log = out / "runs.jsonl"
@@ -101,7 +101,18 @@ def _dataset(data: Path) -> dict | None:
 
 def _job(key: str, arm: Arm, seed: int, data: Path, out: Path, recipe: Recipe) -> tuple:
     """The arguments of ``_run`` for one arm and seed: plain values, so that a worker process can take them."""
-    return (key, arm, seed, str(data), str(out / "models" / f"{key}-seed{seed}"), recipe)
+    return (key, arm, seed, str(data), str(model_folder(out, key, seed)), recipe)
+
+
+def data_folder(out: Path, task: str) -> Path:
+    """Where the lab in ``out`` keeps the data of ``task``."""
+    return Path(out) / ("data" if task == DEFAULT_TASK else f"data-{task}")
+
+
+def model_folder(out: Path, key: str, seed: int) -> Path:
+    """Where the lab in ``out`` keeps the run of the model ``key`` (``run_key``) and ``seed``; the trained model is
+    its ``trained`` folder."""
+    return Path(out) / "models" / f"{key}-seed{seed}"
 
 
 def _append(log: Path, run: dict) -> None:

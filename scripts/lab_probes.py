@@ -4,7 +4,8 @@
 
 Evaluates the models the lab saved under ``--lab`` with one setting changed (``deepstack.research.lab.probes``:
 ``layout`` swaps the Sampling2D layout of the Table 5 arms, ``stacks`` injects only the first k stacks of the
-4-stack DeepStack-L), reads how far the gated arms' gates opened, and writes probes.json and probes.md to
+4-stack DeepStack-L, ``detail`` evaluates the ``levels`` models on images that hold only what the global view
+holds), reads how far the gated arms' gates opened, and writes probes.json and probes.md to
 ``--out``; ``--report-only`` writes the Markdown again from the JSON.
 """
 

@@ -13,7 +13,8 @@ from deepstack.cli import main
 from deepstack.research.lab import GROUPS, claims, collect, lab, plot_curves, report, run_key, switch, task_of
 from deepstack.model.builder import load_pretrained
 from deepstack.model.processing import load_image
-from deepstack.research.lab.probes import gate_openings, gates_table, probe_questions, probe_table, run_probe
+from deepstack.research.lab.probes import (gate_openings, gates_table, global_view_data, probe_questions, probe_table,
+                                          run_probe)
 from deepstack.research.lab.upgrade import records_loss, upgrade_and_evaluate
 from deepstack.research.recipe import FULL, Recipe, initial_model, run_config, score, train_recipe
 from deepstack.research.tasks import TASKS, get_task
@@ -250,6 +251,35 @@ def test_a_probe_evaluates_the_labs_trained_weights_with_one_setting_changed(tmp
         "| llm (4 stacks) | 45.0% ± 7.1% |  |  | 50.0% ± 0.0% | 0, 1 |")
     assert probe_questions("stacks", made).splitlines()[2:] == [
         "| llm (4 stacks) | 1 stack(s) | 45.0% | 100.0% |", "| llm (4 stacks) | 4 stack(s) | 50.0% | 100.0% |"]
+
+
+def test_the_detail_probe_evaluates_on_images_that_hold_only_the_global_view(tmp_path):
+    from PIL import Image
+
+    recipe = replace(LOCAL, sizes={"train": 8, "val": 2, "test": 4})
+    lab_dir, data = tmp_path / "lab", tmp_path / "lab" / "data-localdetail"
+    get_task("localdetail").make_data(data, sizes=recipe.sizes)
+    reduced = global_view_data(data, tmp_path / "reduced", 32)
+    assert json.loads((reduced / "test.json").read_text()) == json.loads((data / "test.json").read_text())
+    name = json.loads((data / "test.json").read_text())[0]["image"]
+    original, made = Image.open(data / "images" / name).convert("RGB"), Image.open(reduced / "images" / name)
+    assert made.size == original.size == (64, 64)
+    # each 2x2 block is one pixel of the bicubic 32 px global view: no finer detail is left
+    view = torch.tensor(list(original.resize((32, 32), Image.Resampling.BICUBIC).getdata())).view(32, 32, 3)
+    pixels = torch.tensor(list(made.getdata())).view(64, 64, 3)
+    assert torch.equal(pixels, view.repeat_interleave(2, 0).repeat_interleave(2, 1))
+    assert not torch.equal(pixels, torch.tensor(list(original.getdata())).view(64, 64, 3))  # the detail is gone
+
+    init = initial_model("llm", data, tmp_path / "init", 0, recipe)
+    trained = lab_dir / "models" / "localdetail" / "llm-seed0" / "trained"  # the levels group's hi-res llm
+    shutil.copytree(init, trained)
+    rows = run_probe("detail", lab_dir, seeds=(0,), recipe=recipe)
+    assert [(row["trained"], row["evaluated"]) for row in rows] == [
+        ("llm (hi-res stacks)", "test images"), ("llm (hi-res stacks)", "global view only")]
+    assert rows[0]["fine_accuracy"] == score(trained, data, recipe)["fine_accuracy"]
+    assert rows[1]["fine_accuracy"] == score(trained, reduced, recipe)["fine_accuracy"]
+    probed_images = lab_dir / "probes" / "global-view-data" / "images" / name  # where the probe evaluated
+    assert torch.equal(torch.tensor(list(Image.open(probed_images).getdata())).view(64, 64, 3), pixels)
 
 
 def test_the_gates_opening_is_read_from_the_trained_weights(tmp_path):

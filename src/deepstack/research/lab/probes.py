@@ -6,17 +6,23 @@ quarters at that tile's global token (docs/finedetail.md); a model that reads a 
 it loses that quarter when evaluated under a layout that puts another token's hi-res patch there, and keeps its
 accuracy under a layout that puts the same patch in the same (stack, token). ``stacks``: DeepStack-L trained with
 all four stacks, evaluated with only the first k injected (``num_stack_layers=k``, Fig. 3c): the stacks that the
-model's accuracy does not need are the ones it does not read. The fine accuracy a model can reach seeing k of a
-tile's four quarters is ``fine_ceiling(k)`` (40%, 53%, 70% and 100% for 1 to 4; chance is 20%).
+model's accuracy does not need are the ones it does not read. ``detail``: the ``levels`` group's models evaluated
+on the test images and on the same images holding only what the 32 px global view holds (``global_view_data``):
+a model that reads detail only the hi-res view shows falls to the level of ``none``, and a model that reads the
+global view alone (``stack_source=vit_levels``) shows how much of the detail leaks into it. The fine accuracy a
+model can reach seeing k of a tile's four quarters is ``fine_ceiling(k)`` (40%, 53%, 70% and 100% for 1 to 4;
+chance is 20%).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from ..recipe import FULL, Recipe, score
@@ -26,24 +32,57 @@ from .stats import run_key
 from .upgrade import switch
 
 
+class Evaluation(NamedTuple):
+    """How a probe evaluates the trained weights: with these settings changed, on the test images as they are
+    (``global_view_only=False``) or reduced to what the global view holds (``global_view_data``)."""
+
+    settings: dict
+    global_view_only: bool = False
+
+
 class Probe(NamedTuple):
     title: str
     trained: dict[str, Arm]  # label: the arm whose trained models are probed
-    evaluated: dict[str, dict]  # label: the settings the weights are evaluated with
+    evaluated: dict[str, Evaluation]  # label: how the weights are evaluated
 
 
 PROBES: dict[str, Probe] = {
     "layout": Probe(
         "Table 5: each layout's trained models evaluated under every layout (fine accuracy)",
         {arm.label: arm for arm in GROUPS["v4_table5"].arms},
-        {arm.label: dict(arm.settings) for arm in GROUPS["v4_table5"].arms},
+        {arm.label: Evaluation(dict(arm.settings)) for arm in GROUPS["v4_table5"].arms},
     ),
     "stacks": Probe(
         "Fig. 3c: DeepStack-L trained with 4 stacks, evaluated with the first k injected (fine accuracy)",
         {"llm (4 stacks)": Arm("llm", "llm")},
-        {f"{count} stack(s)": {"num_stack_layers": count} for count in (1, 2, 3, 4)},
+        {f"{count} stack(s)": Evaluation({"num_stack_layers": count}) for count in (1, 2, 3, 4)},
+    ),
+    "detail": Probe(
+        "Where the detail comes from: the levels group's models on the test images, and on the same images "
+        "reduced to what the 32 px global view holds (fine accuracy)",
+        {arm.label: arm for arm in GROUPS["levels"].arms if arm.label != "llm, start 0"},
+        {"test images": Evaluation({}), "global view only": Evaluation({}, global_view_only=True)},
     ),
 }
+
+
+def global_view_data(data: Path, out: Path, size: int, split: str = "test") -> Path:
+    """A copy of ``split`` of the data in ``data`` whose images hold only what the global view holds: each image
+    resized to the encoder's ``size`` as the processor makes the global view (bicubic), then back to its own size
+    by repeating pixels (nearest), so the hi-res crops carry no detail the global view lacks (the task's images
+    are square, so the processor's padding to a square changes nothing). Written once; ``out`` is returned."""
+    records = json.loads((data / f"{split}.json").read_text())
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for record in records:
+        target = out / "images" / record["image"]
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image = Image.open(data / "images" / record["image"]).convert("RGB")
+            small = image.resize((size, size), Image.Resampling.BICUBIC)
+            small.resize(image.size, Image.Resampling.NEAREST).save(target)
+    (out / f"{split}.json").write_text(json.dumps(records))
+    return out
+
 
 
 def trained_model(lab: Path, recipe: Recipe, arm: Arm, seed: int) -> Path:
@@ -64,9 +103,12 @@ def run_probe(name: str, lab: str | Path, seeds: tuple[int, ...] = (0, 1, 2), re
             model = trained_model(lab, recipe, arm, seed)
             if not (model / "config.json").is_file():
                 continue
-            for evaluated, settings in probe.evaluated.items():
+            for evaluated, (settings, global_view_only) in probe.evaluated.items():
                 folder = work / name / f"{arm.key}-seed{seed}" / evaluated.replace(" ", "_")
-                scores = score(switch(model, folder, arm.mode, seed, **settings), data_folder(lab, recipe.task), recipe)
+                data = data_folder(lab, recipe.task)
+                if global_view_only:
+                    data = global_view_data(data, work / "global-view-data", recipe.vision_size["image_size"])
+                scores = score(switch(model, folder, arm.mode, seed, **settings), data, recipe)
                 rows.append({"probe": name, "trained": trained, "evaluated": evaluated, "seed": seed,
                              "fine_accuracy": scores["fine_accuracy"], "coarse_accuracy": scores["coarse_accuracy"],
                              "per_question": scores["per_question"]})

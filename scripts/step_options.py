@@ -1,0 +1,103 @@
+"""What a lab training step costs under the precision and attention-kernel options torch offers on this CPU.
+
+    .venv/bin/python scripts/step_options.py --out docs/lab/step_options.md
+
+Builds the lab's DeepStack-L model (the full recipe's tiny parts, from scratch) on a small local-detail dataset
+and times training steps (forward, backward, gradient clipping, AdamW) at one torch thread, as a lab worker runs,
+under each option in turn, in paired rounds (every option once per round, the same batches), and writes the
+median milliseconds per step and the ratio to the lab's own setting (fp32, torch's default attention kernel).
+A faster lab needs an option well below 1.0 here (docs/finedetail.md, "Where a run's time goes").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+from deepstack.model.builder import load_pretrained  # noqa: E402
+from deepstack.research.recipe import FULL, initial_model, run_config  # noqa: E402
+from deepstack.research.tasks import get_task  # noqa: E402
+from deepstack.train.data import Collator  # noqa: E402
+from deepstack.train.loop import setup_data  # noqa: E402
+
+OPTIONS = {
+    "fp32 (the lab's)": contextlib.nullcontext,
+    "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+    "fp32, SDPA math kernel": lambda: sdpa_kernel(SDPBackend.MATH),
+}
+
+
+def batches(work: Path, count: int):
+    """The lab's llm model (untrained) and ``count`` training batches of the full recipe's size."""
+    recipe = FULL.with_task("localdetail")
+    data = work / "data"
+    get_task("localdetail").make_data(data, seed=0, sizes={"train": recipe.batch_size * count, "val": 2, "test": 2})
+    init = initial_model("llm", data, work, 0, recipe)
+    model, processor = load_pretrained(init)
+    dataset, _ = setup_data(run_config(init, data, work / "run", 0, recipe), processor, Accelerator(cpu=True))
+    collate = Collator(processor.tokenizer.pad_token_id or 0)
+    size = recipe.batch_size
+    return model, [collate([dataset[i] for i in range(b * size, (b + 1) * size)]) for b in range(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs/lab/step_options.md")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per option and round")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as work:
+        model, steps = batches(Path(work), args.steps)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step(batch):
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    times: dict[str, list[float]] = {name: [] for name in OPTIONS}
+    for name, option in OPTIONS.items():  # warm-up: each option's kernels once
+        with option():
+            step(steps[0])
+    for _ in range(args.rounds):
+        for name, option in OPTIONS.items():
+            with option():
+                started = time.perf_counter()
+                for batch in steps:
+                    step(batch)
+                times[name].append((time.perf_counter() - started) / len(steps) * 1000)
+    base = statistics.median(times["fp32 (the lab's)"])
+    command = ".venv/bin/python scripts/step_options.py " + shlex.join(sys.argv[1:])
+    lines = ["# A lab training step under torch's CPU options", "", f"Command: `{command.strip()}`  ",
+             f"{args.rounds} paired rounds of {args.steps} steps (batch {FULL.batch_size}, the local-detail task's "
+             "DeepStack-L of the full recipe), one torch thread. Median ms per step, and its ratio to the lab's "
+             "own setting.", "", "| option | ms per step | ratio | rounds (ms) |", "|---|---:|---:|---|"]
+    for name, values in times.items():
+        median = statistics.median(values)
+        lines.append(f"| {name} | {median:.0f} | {median / base:.2f} | {', '.join(f'{v:.0f}' for v in values)} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "ms": times}, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

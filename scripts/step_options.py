@@ -3,7 +3,8 @@
     .venv/bin/python scripts/step_options.py --out docs/lab/step_options.md
 
 Builds the lab's DeepStack-L model (the full recipe's tiny parts, from scratch) on a small local-detail dataset
-and times training steps (forward, backward, gradient clipping, AdamW) at one torch thread, as a lab worker runs,
+and times the training loop's own step (``train.loop.train_step``: forward, backward, gradient clipping, AdamW
+and the schedule) at one torch thread, as a lab worker runs,
 under each option in turn, in paired rounds (every option once per round, the same batches), and writes the
 median milliseconds per step and the ratio to the lab's own setting (fp32, torch's default attention kernel).
 A faster lab needs an option well below 1.0 here (docs/finedetail.md, "Where a run's time goes").
@@ -32,7 +33,7 @@ from deepstack.model.builder import load_pretrained  # noqa: E402
 from deepstack.research.recipe import FULL, initial_model, run_config  # noqa: E402
 from deepstack.research.tasks import get_task  # noqa: E402
 from deepstack.train.data import Collator  # noqa: E402
-from deepstack.train.loop import setup_data  # noqa: E402
+from deepstack.train.loop import setup_data, setup_optimizer, train_step  # noqa: E402
 
 OPTIONS = {
     "fp32 (the lab's)": contextlib.nullcontext,
@@ -41,17 +42,28 @@ OPTIONS = {
 }
 
 
-def batches(work: Path, count: int):
-    """The lab's llm model (untrained) and ``count`` training batches of the full recipe's size."""
+def lab_step(work: Path, count: int):
+    """The lab's llm model (untrained), its optimizer and schedule, and ``count`` training batches of the full
+    recipe's size: what one training step of a lab run takes, ready for ``train_step``."""
     recipe = FULL.with_task("localdetail")
     data = work / "data"
     get_task("localdetail").make_data(data, seed=0, sizes={"train": recipe.batch_size * count, "val": 2, "test": 2})
     init = initial_model("llm", data, work, 0, recipe)
     model, processor = load_pretrained(init)
-    dataset, _ = setup_data(run_config(init, data, work / "run", 0, recipe), processor, Accelerator(cpu=True))
+    config = run_config(init, data, work / "run", 0, recipe)
+    accelerator = Accelerator(cpu=True)
+    dataset, _ = setup_data(config, processor, accelerator)
+    optimizer, scheduler = setup_optimizer(model, config.optim, recipe.steps)
     collate = Collator(processor.tokenizer.pad_token_id or 0)
     size = recipe.batch_size
-    return model, [collate([dataset[i] for i in range(b * size, (b + 1) * size)]) for b in range(count)]
+    batches = [collate([dataset[i] for i in range(b * size, (b + 1) * size)]) for b in range(count)]
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+    def step(batch):
+        train_step(accelerator, model, optimizer, scheduler, [batch], trainable, config.optim.max_grad_norm)
+
+    model.train()
+    return step, batches
 
 
 def main() -> None:
@@ -62,16 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as work:
-        model, steps = batches(Path(work), args.steps)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-    def step(batch):
-        model(**batch).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-
+        step, steps = lab_step(Path(work), args.steps)
     times: dict[str, list[float]] = {name: [] for name in OPTIONS}
     for name, option in OPTIONS.items():  # warm-up: each option's kernels once
         with option():

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from ...model.processing import load_image
 from ..recipe import FULL, Recipe, score
 from .arms import GROUPS, LOCAL, Arm
 from .runner import data_folder, model_folder
@@ -70,19 +71,15 @@ def global_view_data(data: Path, out: Path, size: int, split: str = "test") -> P
     """A copy of ``split`` of the data in ``data`` whose images hold only what the global view holds: each image
     resized to the encoder's ``size`` as the processor makes the global view (bicubic), then back to its own size
     by repeating pixels (nearest), so the hi-res crops carry no detail the global view lacks (the task's images
-    are square, so the processor's padding to a square changes nothing). Written once; ``out`` is returned."""
+    are square, so the processor's padding to a square changes nothing). Returns ``out``."""
     records = json.loads((data / f"{split}.json").read_text())
-    (out / "images").mkdir(parents=True, exist_ok=True)
     for record in records:
         target = out / "images" / record["image"]
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            image = Image.open(data / "images" / record["image"]).convert("RGB")
-            small = image.resize((size, size), Image.Resampling.BICUBIC)
-            small.resize(image.size, Image.Resampling.NEAREST).save(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image = load_image(data / "images" / record["image"]).convert("RGB")
+        image.resize((size, size), Image.Resampling.BICUBIC).resize(image.size, Image.Resampling.NEAREST).save(target)
     (out / f"{split}.json").write_text(json.dumps(records))
     return out
-
 
 
 def trained_model(lab: Path, recipe: Recipe, arm: Arm, seed: int) -> Path:
@@ -98,6 +95,9 @@ def run_probe(name: str, lab: str | Path, seeds: tuple[int, ...] = (0, 1, 2), re
     probe, lab = PROBES[name], Path(lab)
     work = Path(work or lab / "probes")
     rows = []
+    data = data_folder(lab, recipe.task)
+    reduced = (global_view_data(data, work / "global-view-data", recipe.vision_size["image_size"])
+               if any(evaluation.global_view_only for evaluation in probe.evaluated.values()) else None)
     for trained, arm in probe.trained.items():
         for seed in seeds:
             model = trained_model(lab, recipe, arm, seed)
@@ -105,10 +105,8 @@ def run_probe(name: str, lab: str | Path, seeds: tuple[int, ...] = (0, 1, 2), re
                 continue
             for evaluated, (settings, global_view_only) in probe.evaluated.items():
                 folder = work / name / f"{arm.key}-seed{seed}" / evaluated.replace(" ", "_")
-                data = data_folder(lab, recipe.task)
-                if global_view_only:
-                    data = global_view_data(data, work / "global-view-data", recipe.vision_size["image_size"])
-                scores = score(switch(model, folder, arm.mode, seed, **settings), data, recipe)
+                scores = score(switch(model, folder, arm.mode, seed, **settings),
+                               reduced if global_view_only else data, recipe)
                 rows.append({"probe": name, "trained": trained, "evaluated": evaluated, "seed": seed,
                              "fine_accuracy": scores["fine_accuracy"], "coarse_accuracy": scores["coarse_accuracy"],
                              "per_question": scores["per_question"]})

@@ -172,6 +172,15 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
     def vision_layers(self) -> nn.ModuleList:
         return find_layers(self.vision_tower, self.config.vision_config.num_hidden_layers)
 
+    def compile_layers(self) -> None:
+        """``torch.compile`` each transformer layer of the encoder and the LLM in place (regional compilation):
+        identical layers share one compiled graph, so compiling takes seconds to a minute rather than the whole
+        model's minutes, and the stacks' injection hooks stay outside the graphs. Same model and weights, fused
+        element-wise kernels; for training (``optim.compile``): evaluation under
+        ``torch.compiler.set_stance("force_eager")`` runs the layers as written."""
+        for layer in (*self.vision_layers, *self.decoder_layers):
+            layer.forward = torch.compile(layer.forward)
+
     # ---- the vision side ---------------------------------------------------------------------------
     def _vision_states(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Every hidden state of the encoder for ``pixels`` ``(n, 3, H, W)``, each ``(n, L, C)``; 0: embeddings."""

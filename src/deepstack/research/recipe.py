@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -51,6 +51,10 @@ class Recipe:
     projector_lr: float | None = None  # the projector(s) and stack weights' lr (optim.projector_lr); None: lr
     curve_every: int | None = None  # validation accuracy every this many steps (the learning curve); None: none
     time_phases: bool = False  # measure where the training time goes (data, vision, LLM; see PhaseTimer)
+    compile: bool = False  # torch.compile each layer for training (optim.compile): the same runs, faster steps
+
+    # how a run is carried out, not what it computes: runs that differ only in these are the same runs
+    EXECUTION = ("time_phases", "compile")
 
     def __post_init__(self):
         task = get_task(self.task)
@@ -62,6 +66,12 @@ class Recipe:
                              f"choose from {', '.join(task.QUESTIONS)}")
         if self.curve_every is not None and self.curve_every < 1:
             raise ValueError(f"Recipe.curve_every={self.curve_every}: must be >= 1 (steps), or None for no curve")
+
+    def identity(self) -> dict:
+        """What a run of this recipe computes, as it reads back from JSON (tuples become lists): the recipe
+        without its execution options (``EXECUTION``), to tell which runs are the same."""
+        fields = {name: value for name, value in asdict(self).items() if name not in self.EXECUTION}
+        return json.loads(json.dumps(fields))
 
     def with_steps(self, steps: int | None) -> Recipe:
         return self if steps is None else replace(self, steps=steps)
@@ -121,6 +131,7 @@ def run_config(init: Path, data: Path, out: Path, seed: int, recipe: Recipe, tin
             warmup_ratio=recipe.warmup_ratio,
             max_steps=recipe.steps,
             precision="fp32",
+            compile=recipe.compile,
             seed=seed,
         ),
         output=OutputSection(dir=str(out), save_every=10**9, keep_last=1, log_every=25),

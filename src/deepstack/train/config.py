@@ -66,6 +66,7 @@ class OptimSection(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the GPU has it, else fp32
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile each encoder/LLM layer (model.compile_layers): faster steps, same model
     seed: int = 42
 
 

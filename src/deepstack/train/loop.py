@@ -172,6 +172,11 @@ def setup_model(config: TrainConfig):
         )
     if config.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if config.optim.compile:
+        if not hasattr(torch.compiler, "set_stance"):
+            raise ValueError(f"optim.compile needs torch>=2.6 (this is {torch.__version__}); upgrade torch or set "
+                             "optim.compile: false")
+        model.compile_layers()
     return model, processor
 
 
@@ -302,8 +307,10 @@ def run_steps(config, accelerator, model, optimizer, scheduler, processor, loade
             log_metrics(config, accelerator, metrics, progress)
         progress.update(1)
         if callbacks and accelerator.is_main_process:
-            for callback in callbacks:
-                callback(done, accelerator.unwrap_model(model))
+            # compiled layers (optim.compile) run as written in a callback's evaluation: no graphs for its shapes
+            with torch.compiler.set_stance("force_eager") if config.optim.compile else nullcontext():
+                for callback in callbacks:
+                    callback(done, accelerator.unwrap_model(model))
             model.train()  # a callback may have evaluated the model
         if done % output.save_every == 0 and done != plan.total:  # the final save is finish's
             save_checkpoint(accelerator, processor, scheduler, config_to_dict(config), Path(output.dir), done,
@@ -326,7 +333,7 @@ def train_step(accelerator, model, optimizer, scheduler, micro_batches, trainabl
         batch = {key: value.to(accelerator.device) for key, value in batch.items()}
         sync = index == len(micro_batches) - 1  # gradients cross processes once, after the last micro-batch
         with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-            loss = model(**batch, num_items_in_batch=answer_tokens).loss
+            loss = model(**batch, num_items_in_batch=answer_tokens, use_cache=False).loss  # no KV cache to fill
         accelerator.backward(loss * world)  # DDP averages gradients over processes; we want their sum
         step_loss += loss.detach()
     grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)

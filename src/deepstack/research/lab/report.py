@@ -49,7 +49,9 @@ def _preamble(results: dict) -> list[str]:
         *([] if task == DEFAULT_TASK else [f"Task: `{task}` (version {get_task(task).TASK_VERSION}, "
                                            "docs/finedetail.md), questions " + ", ".join(recipe["questions"]) + ".  "]),
         f"Compute: {results['compute_seconds'] / 60:.0f} minutes of training and evaluation in all "
-        f"({len(results['seeds'])} seeds: {', '.join(map(str, results['seeds']))}).  ",
+        f"({len(results['seeds'])} seeds: {', '.join(map(str, results['seeds']))})"
+        + ("" if results.get("wall_seconds") is None else
+           f", {results['wall_seconds'] / 60:.0f} minutes of wall time (while at least one run was going)") + ".  ",
         f"Recipe (every arm): {recipe['steps']} steps of batch {recipe['batch_size']}, lr {recipe['lr']:g} "
         f"(encoder {recipe['vision_lr']:g}), data {recipe['sizes']}; tiny CLIP-style encoder {recipe['vision_size']}, "
         f"tiny Llama-style LLM {recipe['llm_size']}, both from scratch{extras}. Accuracy: exact match on the test "

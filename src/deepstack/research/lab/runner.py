@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -130,6 +131,7 @@ def _run(key: str, arm: Arm, seed: int, data: str, folder: str, recipe: Recipe, 
     """One lab run (in this process, or in a worker process with its share of the cores and its output in
     ``folder/run.log``). A run cut off half-way starts over. The record keeps the lab's recipe; the arm's own
     changes to it are in its key (and ``recipe_changes``)."""
+    started = time.time()
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
     own = replace(recipe, **dict(arm.recipe))
@@ -139,7 +141,8 @@ def _run(key: str, arm: Arm, seed: int, data: str, folder: str, recipe: Recipe, 
         else:
             run = upgrade_and_evaluate(Path(data), folder, seed, own, arm.upgrade_at, arm.mode, **dict(arm.settings))
     run.pop("predictions")
-    run.update(key=key, recipe=_as_json(recipe), task=recipe.task, task_version=get_task(recipe.task).TASK_VERSION)
+    run.update(key=key, recipe=_as_json(recipe), task=recipe.task, task_version=get_task(recipe.task).TASK_VERSION,
+               started_at=round(started, 1), finished_at=round(time.time(), 1))
     if arm.recipe:
         run["recipe_changes"] = dict(arm.recipe)
     return run
@@ -151,10 +154,11 @@ def _as_json(recipe: Recipe) -> dict:
 
 
 def _load_runs(log: Path, recipe: Recipe) -> dict[tuple[str, int], dict]:
-    """The runs of ``log`` by (key, seed), those of this recipe (task included) and task version only."""
+    """The runs of ``log`` by (key, seed), those of this recipe (task included; execution options such as
+    ``compile`` aside, see ``Recipe.identity``) and task version only."""
     runs = {}
     # runs from before a recipe field existed ran with its default (the fine-detail task, its four questions)
-    defaults = _as_json(Recipe())
+    defaults = Recipe().identity()
     if log.exists():
         for number, line in enumerate(log.read_text().splitlines(), 1):
             try:
@@ -165,7 +169,8 @@ def _load_runs(log: Path, recipe: Recipe) -> dict[tuple[str, int], dict]:
                     "it; delete that line (that run trains again) and rerun, the other runs are kept"
                 ) from None
             # runs of another recipe or another version of the task do not count
-            stored = {**defaults, **run["recipe"]}
-            if stored == _as_json(recipe) and run.get("task_version") == get_task(recipe.task).TASK_VERSION:
+            stored = {**defaults, **{name: value for name, value in run["recipe"].items()
+                                     if name not in Recipe.EXECUTION}}
+            if stored == recipe.identity() and run.get("task_version") == get_task(recipe.task).TASK_VERSION:
                 runs[run["key"], run["seed"]] = run
     return runs

@@ -136,10 +136,24 @@ def collect(done: dict[tuple[str, int], dict], groups: list[str], seeds: tuple[i
             results["groups"][group]["equal_time_seconds"] = budget
     used = {(run_key(recipe.task, arm), seed) for arm in arms_of(groups).values() for seed in seeds} & done.keys()
     results["compute_seconds"] = round(sum(done[key]["total_seconds"] for key in used), 1)
+    results["wall_seconds"] = wall_seconds([done[key] for key in used])
     results["complete"] = len(used) == len(arms_of(groups)) * len(seeds)
     results["claims"] = claims(results["groups"])
     results["plateau"] = plateau_replay(results["groups"])
     return results
+
+
+def wall_seconds(runs: list[dict]) -> float | None:
+    """The wall time the ``runs`` took together: how long at least one of them was going (the union of their
+    ``started_at`` .. ``finished_at`` spans), so runs side by side count once and the pauses of a lab resumed
+    later count not at all; None when a run has no times (runs from before they were recorded)."""
+    if not runs or any("started_at" not in run for run in runs):
+        return None
+    total, reached = 0.0, float("-inf")
+    for start, end in sorted((run["started_at"], run["finished_at"]) for run in runs):
+        total += max(0.0, end - max(start, reached))
+        reached = max(reached, end)
+    return round(total, 1)
 
 
 def _row(groups: dict, group: str, key: str) -> dict | None:

@@ -152,6 +152,37 @@ def test_runs_of_another_task_version_or_recipe_are_not_reused(tmp_path):
     assert [row["seeds_done"] for row in results["groups"]["table6"]["rows"]] == [[0], [], []]
 
 
+def test_runs_that_differ_only_in_how_they_were_carried_out_are_the_same_runs(tmp_path):
+    from dataclasses import asdict
+
+    from deepstack.research.tasks.finedetail import TASK_VERSION
+
+    compiled = json.loads(json.dumps(asdict(TINY)))
+    compiled.update(compile=True, time_phases=True)  # compiled layers and phase timing: the same runs
+    lines = [{**_fake_run("none", 0, 0.2), "recipe": compiled, "task_version": TASK_VERSION},
+             {**_fake_run("llm", 0, 0.5), "recipe": {**compiled, "lr": 1.0}, "task_version": TASK_VERSION}]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    results = lab(tmp_path, groups=["table6"], seeds=(0,), recipe=TINY, command="test", train=False)
+    assert [row["seeds_done"] for row in results["groups"]["table6"]["rows"]] == [[0], [], []]
+    assert TINY.identity() == Recipe(**{**asdict(TINY), "compile": True}).identity() != asdict(TINY)
+
+
+def test_the_wall_time_counts_runs_side_by_side_once_and_no_pause_between_them():
+    from deepstack.research.lab.stats import wall_seconds
+
+    def timed(start, end):
+        return {"started_at": start, "finished_at": end}
+
+    # two workers: 0-10 and 2-6 overlap (10 s), 9-15 overlaps the first's end (5 s more), a pause, then 100-130
+    assert wall_seconds([timed(100, 130), timed(2, 6), timed(0, 10), timed(9, 15)]) == 45.0
+    assert wall_seconds([timed(0, 10), {"total_seconds": 3.0}]) is None  # a run from before the times: unknown
+    done = {("none", 0): {**_fake_run("none", 0, 0.2), **timed(0, 60)},
+            ("llm", 0): {**_fake_run("llm", 0, 0.5), **timed(30, 120)}}
+    results = collect(done, ["table6"], (0,), TINY)
+    assert results["wall_seconds"] == 120.0
+    assert "2 minutes of wall time (while at least one run was going)" in report({**results, "command": "test"})
+
+
 def test_a_lab_cut_off_has_the_report_of_the_runs_that_finished(tmp_path, monkeypatch):
     import deepstack.research.lab.runner as runner
 

@@ -77,6 +77,28 @@ def test_lora_finetune_saves_a_merged_model(tmp_path):
     assert not any("lora" in name for name in model.state_dict())
 
 
+def test_compiled_layers_train_the_same_model_as_eager_and_callbacks_see_it_run_as_written(tmp_path):
+    data = write_dataset(tmp_path, 8)
+    eager = train(load_config(write_config(tmp_path, data, output={"dir": str(tmp_path / "eager")})))
+    config = load_config(write_config(tmp_path, data, output={"dir": str(tmp_path / "compiled")}),
+                         ["--optim.compile=true"])
+    seen = []
+
+    def callback(step, model):  # a learning-curve evaluation: generation shapes, no new graphs
+        layers = (*model.vision_layers, *model.decoder_layers)
+        seen.append(all("forward" in vars(layer) for layer in layers))  # each layer's forward is the compiled one
+        inputs = {"input_ids": torch.tensor([[1, 2, 3]])}
+        assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape == (1, 5)
+
+    compiled = train(config, callbacks=(callback,))
+    assert seen == [True] * 4
+    # the same losses and weights: fused kernels only round differently
+    assert losses(compiled.output_dir) == pytest.approx(losses(eager.output_dir), rel=1e-4)
+    ours = DeepStackForConditionalGeneration.from_pretrained(compiled.output_dir).state_dict()
+    theirs = DeepStackForConditionalGeneration.from_pretrained(eager.output_dir).state_dict()
+    assert all(torch.allclose(ours[name], theirs[name], atol=1e-4) for name in theirs)
+
+
 def test_chat_labels_cover_only_the_answers():
     _, processor = tiny("llm")
     encoder = ConversationEncoder(processor, "finetune", 4096)

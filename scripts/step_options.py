@@ -106,8 +106,8 @@ def main() -> None:
     lines = ["# A lab training step under torch's CPU options", "", f"Command: `{command.strip()}`  ",
              f"{args.rounds} paired rounds of {args.steps} steps (batch {FULL.batch_size}, the local-detail task's "
              "DeepStack-L of the full recipe), one torch thread. Median ms per step, and its ratio to eager fp32. "
-             f"The compiled copy's first step (compiling its layers, empty compile cache) took {compile_seconds:.0f} s.",
-             "",
+             f"The compiled copy's first step (compiling its layers, empty compile cache) took "
+             f"{compile_seconds:.0f} s.", "",
              "| option | ms per step | ratio | rounds (ms) |", "|---|---:|---:|---|"]
     for name, values in times.items():
         median = statistics.median(values)

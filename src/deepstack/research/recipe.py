@@ -69,9 +69,13 @@ class Recipe:
 
     def identity(self) -> dict:
         """What a run of this recipe computes, as it reads back from JSON (tuples become lists): the recipe
-        without its execution options (``EXECUTION``), to tell which runs are the same."""
-        fields = {name: value for name, value in asdict(self).items() if name not in self.EXECUTION}
-        return json.loads(json.dumps(fields))
+        without its execution options, to tell which runs are the same (see ``identity_of``)."""
+        return self.identity_of(json.loads(json.dumps(asdict(self))))
+
+    @classmethod
+    def identity_of(cls, fields: dict) -> dict:
+        """A recipe's fields (as a run record keeps them) without its execution options (``EXECUTION``)."""
+        return {name: value for name, value in fields.items() if name not in cls.EXECUTION}
 
     def with_steps(self, steps: int | None) -> Recipe:
         return self if steps is None else replace(self, steps=steps)

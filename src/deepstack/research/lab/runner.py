@@ -169,8 +169,7 @@ def _load_runs(log: Path, recipe: Recipe) -> dict[tuple[str, int], dict]:
                     "it; delete that line (that run trains again) and rerun, the other runs are kept"
                 ) from None
             # runs of another recipe or another version of the task do not count
-            stored = {**defaults, **{name: value for name, value in run["recipe"].items()
-                                     if name not in Recipe.EXECUTION}}
+            stored = Recipe.identity_of({**defaults, **run["recipe"]})
             if stored == recipe.identity() and run.get("task_version") == get_task(recipe.task).TASK_VERSION:
                 runs[run["key"], run["seed"]] = run
     return runs

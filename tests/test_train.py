@@ -77,6 +77,7 @@ def test_lora_finetune_saves_a_merged_model(tmp_path):
     assert not any("lora" in name for name in model.state_dict())
 
 
+@pytest.mark.slow  # compiling takes ~30 s of CPU
 def test_compiled_layers_train_the_same_model_as_eager_and_callbacks_see_it_run_as_written(tmp_path):
     data = write_dataset(tmp_path, 8)
     eager = train(load_config(write_config(tmp_path, data, output={"dir": str(tmp_path / "eager")})))

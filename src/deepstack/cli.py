@@ -375,8 +375,8 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--time-phases", action="store_true",
                      help="measure where each run's training time goes (data, vision, LLM, optimizer)")
     lab.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                     help="torch.compile each encoder and LLM layer for training: the same runs, ~1.3x faster steps "
-                          "on CPU (docs/finedetail.md); --no-compile where torch.compile cannot run (no C++ compiler)")
+                     help="torch.compile each encoder and LLM layer for training: the same runs, faster steps "
+                          "(docs/lab/step_options.md); --no-compile where torch.compile cannot run (no C++ compiler)")
     lab.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     lab.add_argument("--quick", action="store_true", help="the demo's quick recipe (small data, few steps)")
     lab.add_argument("--steps", type=int, default=None, help="optimizer steps per model (default: the demo's)")

@@ -1,10 +1,14 @@
-"""Two labs' runs side by side: the accuracy of every (model, seed) that both ran, and how far apart they are.
+"""Two labs' runs side by side: the accuracy of every (model, seed) that both ran, how far apart they are, each
+model's mean over those seeds, and (given both labs' lab.json) the claims' verdicts of each lab.
 
     .venv/bin/python scripts/compare_runs.py docs/lab/runs.jsonl docs/lab/compiled/runs.jsonl \
-        --names eager compiled --out docs/lab/compiled/compare.md
+        --names eager compiled --reports docs/lab/lab.json docs/lab/compiled/lab.json \
+        --out docs/lab/compiled/compare.md
 
 Made to show whether a change in how runs are carried out (``--compile``) changes what they find: the same
 model, seed, data and recipe, trained both ways. Runs of a model or seed that only one lab has are left out.
+A change of rounding can tip a run that learns a question late to the other side of the budget, so a pair of
+runs can be far apart while the model's seeds, taken together, are not: the per-model table shows that.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 
 from deepstack.utils.tables import markdown_table
 
+METRICS = ("fine", "coarse")
+
 
 def load(path: Path) -> dict[tuple[str, int], dict]:
     runs = {}
@@ -27,34 +33,78 @@ def load(path: Path) -> dict[tuple[str, int], dict]:
     return runs
 
 
+def pairs(a: dict, b: dict, names: list[str]) -> tuple[str, list[tuple[str, int]]]:
+    """The table of every (model, seed) in both labs, with the summary of the gaps."""
+    both = [key for key in b if key in a]
+    rows, gaps = [], {metric: [] for metric in METRICS}
+    for key, seed in both:
+        cells = [key, seed]
+        for metric in METRICS:
+            x, y = a[key, seed][f"{metric}_accuracy"], b[key, seed][f"{metric}_accuracy"]
+            gaps[metric].append(y - x)
+            cells += [f"{x:.1%}", f"{y:.1%}", f"{(y - x) * 100:+.1f}"]
+        rows.append(cells)
+    first, second = names
+    header = ["model", "seed"] + [column for metric in METRICS
+                                  for column in (f"{metric} {first}", f"{metric} {second}", f"{metric} gap (pts)")]
+    summary = "; ".join(
+        f"{metric}: mean gap {statistics.fmean(values) * 100:+.2f} points, largest |gap| "
+        f"{max(map(abs, values)) * 100:.1f}" for metric, values in gaps.items())
+    return f"{len(both)} runs in both labs. {summary}.\n\n{markdown_table(header, rows)}", both
+
+
+def per_model(a: dict, b: dict, both: list[tuple[str, int]], names: list[str]) -> str:
+    """Each model's fine accuracy over the seeds both labs ran: every seed's value and the mean, per lab."""
+    seeds: dict[str, list[int]] = {}
+    for key, seed in both:
+        seeds.setdefault(key, []).append(seed)
+    rows = []
+    for key, done in seeds.items():
+        cells = [key, " ".join(map(str, done))]
+        for runs in (a, b):
+            values = [runs[key, seed]["fine_accuracy"] for seed in done]
+            cells += [" / ".join(f"{value:.1%}" for value in values), f"{statistics.fmean(values):.1%}"]
+        rows.append(cells)
+    first, second = names
+    header = ["model", "seeds", f"fine {first}", f"mean {first}", f"fine {second}", f"mean {second}"]
+    return markdown_table(header, rows)
+
+
+def verdicts(a: Path, b: Path, names: list[str]) -> str:
+    """The claims of two lab reports (lab.json) side by side: each lab's difference, spread and verdict."""
+    claims = [{claim["claim"]: claim for claim in json.loads(path.read_text())["claims"]} for path in (a, b)]
+    rows, differ = [], 0
+    for text, first in claims[0].items():
+        second = claims[1].get(text)
+        if second is None:
+            continue
+        differ += first["verdict"] != second["verdict"]
+        rows.append([text] + [f"{claim['difference'] * 100:+.1f} ± {claim['spread'] * 100:.1f}: {claim['verdict']}"
+                              for claim in (first, second)])
+    header = ["claim"] + [f"{name}: difference ± spread (pts): verdict" for name in names]
+    return f"{len(rows)} claims in both reports; {differ} with another verdict.\n\n{markdown_table(header, rows)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path, help="runs.jsonl of the first lab")
     parser.add_argument("b", type=Path, help="runs.jsonl of the second lab")
     parser.add_argument("--names", nargs=2, default=["a", "b"], help="the two labs' names in the table")
-    parser.add_argument("--out", type=Path, default=None, help="write the table here too (Markdown)")
+    parser.add_argument("--reports", nargs=2, type=Path, default=None, metavar=("A_JSON", "B_JSON"),
+                        help="the two labs' lab.json: compare their claims' verdicts too")
+    parser.add_argument("--out", type=Path, default=None, help="write the tables here too (Markdown)")
     args = parser.parse_args()
     a, b = load(args.a), load(args.b)
-    both = [key for key in b if key in a]
-    if not both:
+    if not any(key in a for key in b):
         sys.exit(f"no (model, seed) is in both {args.a} and {args.b}: nothing to compare")
-    rows, gaps = [], {"fine": [], "coarse": []}
-    for key, seed in both:
-        cells = [key, seed]
-        for metric in gaps:
-            x, y = a[key, seed][f"{metric}_accuracy"], b[key, seed][f"{metric}_accuracy"]
-            gaps[metric].append(y - x)
-            cells += [f"{x:.1%}", f"{y:.1%}", f"{(y - x) * 100:+.1f}"]
-        rows.append(cells)
     first, second = args.names
-    header = ["model", "seed"] + [column for metric in gaps
-                                  for column in (f"{metric} {first}", f"{metric} {second}", f"{metric} gap (pts)")]
+    table, both = pairs(a, b, args.names)
     command = ".venv/bin/python scripts/compare_runs.py " + shlex.join(sys.argv[1:])
-    summary = "; ".join(
-        f"{metric}: mean gap {statistics.fmean(values) * 100:+.2f} points, largest |gap| "
-        f"{max(map(abs, values)) * 100:.1f}" for metric, values in gaps.items())
-    text = "\n".join([f"# {first} vs {second}: the same runs", "", f"Command: `{command}`  ",
-                      f"{len(both)} runs in both labs. {summary}.", "", markdown_table(header, rows), ""])
+    parts = [f"# {first} vs {second}: the same runs", "", f"Command: `{command}`  ", table, "",
+             "## Each model over the seeds both labs ran", "", per_model(a, b, both, args.names), ""]
+    if args.reports:
+        parts += ["## The claims", "", verdicts(*args.reports, args.names), ""]
+    text = "\n".join(parts)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")

@@ -111,8 +111,12 @@ class ConversationEncoder:
         self.tokenizer = processor.tokenizer
 
     def _ids(self, text: str, image_sizes=None) -> list[int]:
-        # image_sizes: (height, width) per placeholder in order, for DeepStack-HD's size-dependent token counts
-        expanded = self.processor.expand_image_tokens(text, image_sizes)
+        return self._ids_of([text], image_sizes)[0]
+
+    def _ids_of(self, texts: list[str], image_sizes=None) -> list[list[int]]:
+        # image_sizes: (height, width) per placeholder in order, for DeepStack-HD's size-dependent token counts;
+        # one tokenizer call for all the texts (the same ids as one call each, without the per-call overhead)
+        expanded = [self.processor.expand_image_tokens(text, image_sizes) for text in texts]
         return self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
 
     def _plain(self, turns: list[dict], image_sizes=None) -> tuple[list[int], list[int]]:
@@ -128,14 +132,17 @@ class ConversationEncoder:
         return self.processor.render_chat(messages, add_generation_prompt)
 
     def _chat(self, turns: list[dict], image_sizes=None) -> tuple[list[int], list[int]]:
+        # an answer's labels run from the end of the conversation before it (with the generation prompt) to the
+        # end of the conversation through it: the whole text and those two prefixes per answer, tokenized at once
         messages = [{"role": ROLES[turn["from"]], "content": turn["value"]} for turn in turns]
-        ids = self._ids(self._render(messages, False), image_sizes)
-        labels = [IGNORE_INDEX] * len(ids)
+        texts = [self._render(messages, False)]
         for index, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            start = len(self._ids(self._render(messages[:index], True), image_sizes))
-            end = len(self._ids(self._render(messages[: index + 1], False), image_sizes))
+            if message["role"] == "assistant":
+                texts += [self._render(messages[:index], True), self._render(messages[: index + 1], False)]
+        ids, *prefixes = self._ids_of(texts, image_sizes)
+        labels = [IGNORE_INDEX] * len(ids)
+        for before, through in zip(prefixes[::2], prefixes[1::2]):
+            start, end = len(before), len(through)
             labels[start:end] = ids[start:end]
         return ids, labels
 

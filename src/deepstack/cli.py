@@ -372,8 +372,9 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--curve-every", type=int, default=None,
                      help="validation accuracy every N steps, the learning curve (default: steps/16 on localdetail, "
                           "none on finedetail)")
-    lab.add_argument("--time-phases", action="store_true",
-                     help="measure where each run's training time goes (data, vision, LLM, optimizer)")
+    lab.add_argument("--time-phases", action=argparse.BooleanOptionalAction, default=True,
+                     help="measure where each run's time goes (set-up, data, vision, LLM, optimizer, evaluation) for "
+                          "the report: the same runs")
     lab.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                      help="torch.compile each encoder and LLM layer for training: the same runs, faster steps "
                           "(docs/lab/step_options.md); --no-compile where torch.compile cannot run (no C++ compiler)")

@@ -160,8 +160,10 @@ def train_and_score(config: TrainConfig, data: Path, recipe: Recipe, split: str 
     results row that do not depend on how the model was made."""
     started = time.time() if started is None else started
     trained = train_recipe(config, data, recipe)
-    return {"seed": config.optim.seed, **score(trained.result.output_dir, data, recipe, split),
-            "final_train_loss": trained.result.final_loss, "train_seconds": round(trained.train_seconds, 1),
+    evaluated = time.time()
+    scores = score(trained.result.output_dir, data, recipe, split)
+    return {"seed": config.optim.seed, **scores, "final_train_loss": trained.result.final_loss,
+            "train_seconds": round(trained.train_seconds, 1), "eval_seconds": round(time.time() - evaluated, 1),
             "total_seconds": round(time.time() - started, 1), **trained.extras()}
 
 
@@ -262,7 +264,10 @@ class PhaseTimer:
     - ``llm_forward`` / ``llm_backward``: the LLM's forward (with the stacks' injection), and its backward, from
       the gradient of its logits to that of its input embeddings;
     - ``optimizer``: the optimizer's step;
-    - ``other``: the rest of the step: the loss, the projector's and the vision tower's backward, clipping.
+    - ``other``: the rest of the step: the loss, the projector's and the vision tower's backward, clipping;
+
+and, apart from the per-step means, ``until_first_step``: the seconds from entering the timer (just before
+``train``) to the end of the first step: the training's set-up, the data checks, compiling and that step.
 
     Its two training callbacks go around the others: ``end_step`` first, ``next_step`` last, so that another
     callback's work (a learning-curve evaluation) is no phase. The hooks go on when the callbacks first see the
@@ -274,8 +279,10 @@ class PhaseTimer:
         self.model, self.handles = None, []
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
         self.steps, self.step_seconds, self.marks = 0, 0.0, {}
+        self.entered, self.until_first_step = time.perf_counter(), 0.0
 
     def __enter__(self) -> PhaseTimer:
+        self.entered = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -286,6 +293,7 @@ class PhaseTimer:
     def end_step(self, step: int, model) -> None:
         if self.model is None:
             self._attach(model)
+            self.until_first_step = self._now() - self.entered
         elif "step" in self.marks:
             self.steps += 1
             self.step_seconds += self._since("step")
@@ -295,12 +303,14 @@ class PhaseTimer:
         self.marks["step"] = self.marks["data"] = self._now()
 
     def summary(self) -> dict:
-        """Mean seconds per step of each phase over the ``steps`` timed, and of the whole ``step``."""
+        """Mean seconds per step of each phase over the ``steps`` timed, and of the whole ``step``; the seconds
+        ``until_first_step``."""
         steps = max(self.steps, 1)
         measured = {phase: self.seconds[phase] / steps for phase in self.PHASES if phase != "other"}
         step = self.step_seconds / steps
         rounded = {key: round(value, 5) for key, value in measured.items()}
-        return {"steps": self.steps, "step": round(step, 5), **rounded, "other": round(step - sum(measured.values()), 5)}
+        return {"steps": self.steps, "step": round(step, 5), **rounded, "other": round(step - sum(measured.values()), 5),
+                "until_first_step": round(self.until_first_step, 2)}
 
     def _now(self) -> float:
         synchronize(next(self.model.parameters()).device)

@@ -129,7 +129,7 @@ def _phases(rows: list[dict]) -> list[str]:
     timed = [row for row in rows if "phase_seconds" in row]
     if not timed:
         return []
-    phases = [name for name in timed[0]["phase_seconds"] if name not in ("steps", "step")]
+    phases = [name for name in timed[0]["phase_seconds"] if name not in ("steps", "step", "until_first_step")]
     def cell(seconds: dict, name: str) -> str:
         return f"{1000 * seconds[name]:.1f} ({seconds[name] / seconds['step']:.0%})"
 
@@ -165,12 +165,27 @@ def _plateau(replay: dict | None) -> list[str]:
             f"({100 * replay['worst_loss']:.1f} at worst)."]
 
 
+def _time_split(split: dict | None) -> list[str]:
+    """Where the runs' time went, part by part (``stats.time_split``)."""
+    if not split:
+        return []
+    total = sum(split["seconds"].values())
+    rows = [[part, f"{seconds / 60:.1f}", f"{seconds / total:.1%}"] for part, seconds in split["seconds"].items()
+            if seconds]
+    return ["## Where the lab's time went", "",
+            f"Summed over the {split['runs']} runs that timed their phases (`--time-phases`); the steps' parts are "
+            "those of every step but the first (data: waiting for the batch; other: the loss, the projector's and "
+            "the encoder's backward, clipping). Minutes of run time:", "",
+            markdown_table(["part of a run", "minutes", "share"], rows + [["all", f"{total / 60:.1f}", "100.0%"]]),
+            ""]
+
+
 def report(results: dict) -> str:
-    """lab.md: how the lab was run, the claims checked, then each group's table."""
+    """lab.md: how the lab was run, the claims checked, then each group's table, then where its time went."""
     lines = _preamble(results) + _claims(results["claims"]) + _plateau(results.get("plateau"))
     for name, group in results["groups"].items():
         lines += ["", *_group(name, group, results["seeds"], _task(results))]
-    lines += ["", "![lab](lab.png)", ""]
+    lines += ["", *_time_split(results.get("time_split")), "![lab](lab.png)", ""]
     return "\n".join(lines)
 
 

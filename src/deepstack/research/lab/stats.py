@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from ..recipe import Recipe
+from ..recipe import PhaseTimer, Recipe
 from ..tasks import DEFAULT_TASK, get_task
 from .arms import CLAIMS, GROUPS, Arm, arms_of
 
@@ -137,6 +137,7 @@ def collect(done: dict[tuple[str, int], dict], groups: list[str], seeds: tuple[i
     used = {(run_key(recipe.task, arm), seed) for arm in arms_of(groups).values() for seed in seeds} & done.keys()
     results["compute_seconds"] = round(sum(done[key]["total_seconds"] for key in used), 1)
     results["wall_seconds"] = wall_seconds([done[key] for key in used])
+    results["time_split"] = time_split([done[key] for key in used])
     results["complete"] = len(used) == len(arms_of(groups)) * len(seeds)
     results["claims"] = claims(results["groups"])
     results["plateau"] = plateau_replay(results["groups"])
@@ -154,6 +155,33 @@ def wall_seconds(runs: list[dict]) -> float | None:
         total += max(0.0, end - max(start, reached))
         reached = max(reached, end)
     return round(total, 1)
+
+
+def time_split(runs: list[dict]) -> dict | None:
+    """Where the runs' time went, summed over the runs that timed their phases (``Recipe.time_phases``, one
+    training each: not the upgraded arms): seconds per part of a run, in the order a run goes through them.
+    Building the initial model (the task tokenizer, the weights; and the learning curve's untrained point) is
+    the run's time outside training and evaluations; the training's set-up (data checks, compiling) and first
+    step are ``until_first_step``; the timed steps are split by phase (``PhaseTimer``); the learning curve's
+    later points are its own part; what remains of the training is the final save; then the test evaluation.
+    None when no run timed its phases."""
+    timed = [run for run in runs if run.get("phase_seconds") and "eval_seconds" in run and "upgrade" not in run]
+    if not timed:
+        return None
+    parts = dict.fromkeys(("initial model", "set-up and first step", *(f"steps: {phase}" for phase in
+                                                                      PhaseTimer.PHASES), "learning curve",
+                           "final save", "test evaluation"), 0.0)
+    for run in timed:
+        phases, steps = run["phase_seconds"], run["phase_seconds"]["steps"]
+        curve = run.get("curve_eval_seconds", 0.0)
+        parts["initial model"] += run["total_seconds"] - run["train_seconds"] - run["eval_seconds"] - curve
+        parts["set-up and first step"] += phases["until_first_step"]
+        for phase in PhaseTimer.PHASES:
+            parts[f"steps: {phase}"] += phases[phase] * steps
+        parts["learning curve"] += curve
+        parts["final save"] += run["train_seconds"] - phases["until_first_step"] - phases["step"] * steps
+        parts["test evaluation"] += run["eval_seconds"]
+    return {"runs": len(timed), "seconds": {part: round(seconds, 1) for part, seconds in parts.items()}}
 
 
 def _row(groups: dict, group: str, key: str) -> dict | None:

@@ -21,6 +21,9 @@ def test_lab_trains_each_model_once_per_seed_resumes_and_reports(tmp_path):
         (key, seed) for key in ("none", "dummy", "llm", "llm-stack_sampling=2d_grid", "llm-stack_sampling=1d_sequential")
         for seed in (0, 1)
     )
+    # a run is its initial model, its training and its test evaluation, each timed
+    assert all(0 < line["eval_seconds"] and line["train_seconds"] + line["eval_seconds"] <= line["total_seconds"]
+               for line in lines)
     table6 = results["groups"]["table6"]["rows"]
     assert [row["visual_tokens_seen"] for row in table6] == [16, 16, 80]
     llm_fine = [line["fine_accuracy"] for line in lines if line["key"] == "llm"]
@@ -181,6 +184,32 @@ def test_the_wall_time_counts_runs_side_by_side_once_and_no_pause_between_them()
     results = collect(done, ["table6"], (0,), TINY)
     assert results["wall_seconds"] == 120.0
     assert "2 minutes of wall time (while at least one run was going)" in report({**results, "command": "test"})
+
+
+def test_the_report_accounts_for_every_second_of_the_runs_that_timed_their_phases():
+    phases = {"steps": 10, "step": 2.0, "data": 0.1, "vision_forward": 0.2, "llm_forward": 0.5, "llm_backward": 0.9,
+              "optimizer": 0.1, "other": 0.2, "until_first_step": 6.0}
+    # 30 s of training: 6 s to the end of step 1, 10 timed steps of 2 s, 4 s left for the final save
+    times = {"phase_seconds": phases, "train_seconds": 30.0, "eval_seconds": 5.0}
+    timed = {**_fake_run("none", 0, 0.2), **times, "total_seconds": 37.0}
+    curved = {**_fake_run("llm", 0, 0.5), **times, "curve_eval_seconds": 1.0, "total_seconds": 38.0}
+    untimed = {**_fake_run("dummy", 0, 0.2), "total_seconds": 50.0}  # a run without phases is not split
+    done = {(run["key"], 0): run for run in (timed, curved, untimed)}
+    split = collect(done, ["table6"], (0,), TINY)["time_split"]
+    assert split["runs"] == 2
+    assert split["seconds"] == {
+        "initial model": 4.0, "set-up and first step": 12.0, "steps: data": 2.0, "steps: vision_forward": 4.0,
+        "steps: llm_forward": 10.0, "steps: llm_backward": 18.0, "steps: optimizer": 2.0, "steps: other": 4.0,
+        "learning curve": 1.0, "final save": 8.0, "test evaluation": 10.0,
+    }
+    assert sum(split["seconds"].values()) == timed["total_seconds"] + curved["total_seconds"]
+    markdown = report({**collect(done, ["table6"], (0,), TINY), "command": "test"})
+    assert "Summed over the 2 runs that timed their phases" in markdown
+    assert table_row(markdown, "steps: llm_backward") == ["steps: llm_backward", "0.3", "24.0%"]
+    assert table_row(markdown, "all") == ["all", "1.2", "100.0%"]
+    untimed_only = collect({("dummy", 0): untimed}, ["table6"], (0,), TINY)
+    assert untimed_only["time_split"] is None
+    assert "Where the lab's time went" not in report({**untimed_only, "command": "test"})
 
 
 def test_a_lab_cut_off_has_the_report_of_the_runs_that_finished(tmp_path, monkeypatch):

@@ -164,6 +164,9 @@ def test_the_recipe_records_the_learning_curve_and_where_the_time_goes(tmp_path)
     measured = [phases[name] for name in ("data", "vision_forward", "llm_forward", "llm_backward", "optimizer")]
     assert all(value > 0 for value in measured) and sum(measured) <= phases["step"]
     assert phases["other"] == pytest.approx(phases["step"] - sum(measured), abs=1e-4)
+    # set-up and the first step, then the timed steps: both within the training's time (curve points aside)
+    assert 0 < phases["until_first_step"]
+    assert phases["until_first_step"] + phases["steps"] * phases["step"] <= trained.result.seconds + 0.01
 
 
 @pytest.mark.slow

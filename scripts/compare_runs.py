@@ -5,8 +5,9 @@ model's mean over those seeds, and (given both labs' lab.json) the claims' verdi
         --names eager compiled --reports docs/lab/lab.json docs/lab/compiled/lab.json \
         --out docs/lab/compiled/compare.md
 
-Made to show whether a change in how runs are carried out (``--compile``) changes what they find: the same
-model, seed, data and recipe, trained both ways. Runs of a model or seed that only one lab has are left out.
+Made to show whether a change in how runs are carried out (``--compile``, another machine) changes what they
+find: the same model, seed, data and recipe, trained both ways; it also counts the pairs that are the same run to
+the last bit and compares the runs' times. Runs of a model or seed that only one lab has are left out.
 A change of rounding can tip a run that learns a question late to the other side of the budget, so a pair of
 runs can be far apart while the model's seeds, taken together, are not: the per-model table shows that.
 """
@@ -50,7 +51,20 @@ def pairs(a: dict, b: dict, names: list[str]) -> tuple[str, list[tuple[str, int]
     summary = "; ".join(
         f"{metric}: mean gap {statistics.fmean(values) * 100:+.2f} points, largest |gap| "
         f"{max(map(abs, values)) * 100:.1f}" for metric, values in gaps.items())
-    return f"{len(both)} runs in both labs. {summary}.\n\n{markdown_table(header, rows)}", both
+    same = sameness(a, b, both, names)
+    return f"{len(both)} runs in both labs. {summary}. {same}\n\n{markdown_table(header, rows)}", both
+
+
+def sameness(a: dict, b: dict, both: list[tuple[str, int]], names: list[str]) -> str:
+    """How many pairs are the same run to the last bit (the same final training loss and test predictions' scores),
+    and how long the second lab's runs took against the first's (a different machine, or a different execution)."""
+    identical = sum(a[key]["final_train_loss"] == b[key]["final_train_loss"]
+                    and a[key]["per_question"] == b[key]["per_question"] for key in both)
+    ratios = sorted(b[key]["total_seconds"] / a[key]["total_seconds"] for key in both)
+    first, second = names
+    return (f"{identical} of the {len(both)} pairs end with the same training loss to the last digit and the same "
+            f"scores. A run's time as each lab recorded it (on whatever machine it ran), {second} / {first}: "
+            f"median {statistics.median(ratios):.2f} ({ratios[0]:.2f} to {ratios[-1]:.2f}).")
 
 
 def per_model(a: dict, b: dict, both: list[tuple[str, int]], names: list[str]) -> str:

@@ -254,3 +254,13 @@ def test_a_broken_line_in_runs_jsonl_is_named_and_nothing_is_overwritten(tmp_pat
     error = capsys.readouterr().err
     assert f"{tmp_path / 'runs.jsonl'}, line 2: not a JSON run record" in error and "delete that line" in error
     assert (tmp_path / "runs.jsonl").read_text() == before and not (tmp_path / "lab.md").exists()
+
+
+def test_the_lab_compiles_and_times_its_runs_unless_told_not_to(tmp_path, monkeypatch):
+    import deepstack.research.lab as lab_room
+
+    recipes = []
+    monkeypatch.setattr(lab_room, "lab", lambda out, recipe, **kwargs: recipes.append(recipe))
+    assert main(["lab", "--out", str(tmp_path), "--groups", "table6"]) == 0
+    assert main(["lab", "--out", str(tmp_path), "--groups", "table6", "--no-time-phases", "--no-compile"]) == 0
+    assert [(recipe.compile, recipe.time_phases) for recipe in recipes] == [(True, True), (False, False)]

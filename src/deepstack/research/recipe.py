@@ -266,8 +266,8 @@ class PhaseTimer:
     - ``optimizer``: the optimizer's step;
     - ``other``: the rest of the step: the loss, the projector's and the vision tower's backward, clipping;
 
-and, apart from the per-step means, ``until_first_step``: the seconds from entering the timer (just before
-``train``) to the end of the first step: the training's set-up, the data checks, compiling and that step.
+    and, apart from the per-step means, ``until_first_step``: the seconds from entering the timer (just before
+    ``train``) to the end of the first step: the training's set-up, the data checks, compiling and that step.
 
     Its two training callbacks go around the others: ``end_step`` first, ``next_step`` last, so that another
     callback's work (a learning-curve evaluation) is no phase. The hooks go on when the callbacks first see the

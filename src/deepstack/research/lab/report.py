@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ...utils.plots import saved_figure
 from ...utils.tables import markdown_table
+from ..recipe import PhaseTimer
 from ..tasks import DEFAULT_TASK, get_task
 from .stats import unseparated
 
@@ -129,7 +130,7 @@ def _phases(rows: list[dict]) -> list[str]:
     timed = [row for row in rows if "phase_seconds" in row]
     if not timed:
         return []
-    phases = [name for name in timed[0]["phase_seconds"] if name not in ("steps", "step", "until_first_step")]
+    phases = [name for name in PhaseTimer.PHASES if name in timed[0]["phase_seconds"]]
     def cell(seconds: dict, name: str) -> str:
         return f"{1000 * seconds[name]:.1f} ({seconds[name] / seconds['step']:.0%})"
 

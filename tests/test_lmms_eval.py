@@ -145,8 +145,10 @@ def run_lmms_eval(saved: Path, tasks: Path, out: Path, tmp_path: Path) -> tuple[
                "--tasks", "deepstack_textvqa,deepstack_choice", "--include_path", str(tasks), "--batch_size", "2",
                "--output_path", str(out), "--log_samples"]
     done = subprocess.run(command, env=lmms_env(tmp_path), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (results,) = out.glob("*/*_results.json")
+    # lmms-eval logs an error in the evaluation and still exits 0: then it has written no results
+    found = list(out.glob("*/*_results.json"))
+    assert done.returncode == 0 and len(found) == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    (results,) = found
     samples = {task: [json.loads(line) for line in next(out.glob(f"*/*_samples_{task}.jsonl")).read_text().splitlines()]
                for task in ("deepstack_textvqa", "deepstack_choice")}
     return json.loads(results.read_text())["results"], samples

@@ -163,8 +163,8 @@ def train_and_score(config: TrainConfig, data: Path, recipe: Recipe, split: str 
     evaluated = time.time()
     scores = score(trained.result.output_dir, data, recipe, split)
     return {"seed": config.optim.seed, **scores, "final_train_loss": trained.result.final_loss,
-            "train_seconds": round(trained.train_seconds, 1), "eval_seconds": round(time.time() - evaluated, 1),
-            "total_seconds": round(time.time() - started, 1), **trained.extras()}
+            "train_seconds": round(trained.train_seconds, 2), "eval_seconds": round(time.time() - evaluated, 2),
+            "total_seconds": round(time.time() - started, 2), **trained.extras()}
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """`deepstack lab`: every arm x seed once, resumable, a report with mean ± std and the claims."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -257,7 +258,7 @@ def test_a_broken_line_in_runs_jsonl_is_named_and_nothing_is_overwritten(tmp_pat
     assert (tmp_path / "runs.jsonl").read_text() == before and not (tmp_path / "lab.md").exists()
 
 
-def test_the_lab_compiles_and_times_its_runs_unless_told_not_to(tmp_path, monkeypatch):
+def test_the_lab_compiles_and_times_its_runs_unless_told_not_to_and_stops_on_a_plateau_when_told(tmp_path, monkeypatch):
     import deepstack.research.lab as lab_room
 
     recipes = []
@@ -265,3 +266,26 @@ def test_the_lab_compiles_and_times_its_runs_unless_told_not_to(tmp_path, monkey
     assert main(["lab", "--out", str(tmp_path), "--groups", "table6"]) == 0
     assert main(["lab", "--out", str(tmp_path), "--groups", "table6", "--no-time-phases", "--no-compile"]) == 0
     assert [(recipe.compile, recipe.time_phases) for recipe in recipes] == [(True, True), (False, False)]
+    # stopping on a plateau needs the learning curve: on by itself (steps/16), or every --curve-every steps
+    assert main(["lab", "--out", str(tmp_path), "--groups", "table6", "--stop-on-plateau"]) == 0
+    assert main(["lab", "--out", str(tmp_path), "--groups", "table6", "--stop-on-plateau", "--curve-every", "20"]) == 0
+    assert [(recipe.stop_on_plateau, recipe.curve_every) for recipe in recipes] == [
+        (False, None), (False, None), (True, 800 // 16), (True, 20)]
+
+
+def test_a_lab_that_stops_on_a_plateau_reports_the_steps_its_runs_saved():
+    # none stopped at 300 of 800 steps, llm at 600, dummy ran its 800: 1700 of 2400 steps run, 700 saved
+    curve = [{"step": 0, "fine": 0.0, "train_seconds_so_far": 0.0},
+             {"step": 100, "fine": 0.5, "train_seconds_so_far": 1.0}]
+    done = {(key, 0): {**_fake_run(key, 0, 0.3), "steps": steps, "max_steps": 800, "curve": curve}
+            for key, steps in (("none", 300), ("dummy", 800), ("llm", 600))}
+    recipe = replace(TINY, curve_every=100, stop_on_plateau=True)
+    results = collect(done, ["table6"], (0,), recipe)
+    assert "plateau" not in results
+    assert results["stopped"] == {"patience": 3, "gain": 0.01, "runs": 3, "stopped_early": 2,
+                                  "mean_share": pytest.approx((300 / 800 + 1 + 600 / 800) / 3),
+                                  "least_share": 300 / 800, "steps_saved": pytest.approx(700 / 2400)}
+    markdown = report({**results, "command": "test"})
+    assert "2 of these 3 runs stopped before their budget, after 71% of it on average (38% at least), 29% of all" \
+           in markdown
+    assert "stopped" not in collect(done, ["table6"], (0,), TINY)  # a lab that runs to the budget replays instead

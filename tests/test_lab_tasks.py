@@ -16,7 +16,8 @@ from deepstack.model.processing import load_image
 from deepstack.research.lab.probes import (gate_openings, gates_table, global_view_data, probe_questions, probe_table,
                                           run_probe)
 from deepstack.research.lab.upgrade import records_loss, upgrade_and_evaluate
-from deepstack.research.recipe import FULL, Recipe, initial_model, run_config, score, train_recipe
+from deepstack.research.recipe import (FULL, Recipe, initial_model, run_config, score, train_and_evaluate,
+                                      train_recipe)
 from deepstack.research.tasks import TASKS, get_task
 from tests.fixtures import table_row, tiny, write_dataset
 
@@ -167,6 +168,20 @@ def test_the_recipe_records_the_learning_curve_and_where_the_time_goes(tmp_path)
     # set-up and the first step, then the timed steps: both within the training's time (curve points aside)
     assert 0 < phases["until_first_step"]
     assert phases["until_first_step"] + phases["steps"] * phases["step"] <= trained.result.seconds + 0.01
+
+
+def test_a_run_stops_where_its_learning_curve_reaches_a_plateau(tmp_path):
+    # nothing learns at lr 0: the validation accuracy of steps 2, 3 and 4 does not rise above that of step 1, so
+    # the run stops at step 4 of its 10
+    recipe = replace(LOCAL, steps=10, curve_every=1, stop_on_plateau=True, lr=0.0, vision_lr=0.0)
+    get_task("localdetail").make_data(tmp_path / "data", sizes=recipe.sizes)
+    row = train_and_evaluate("llm", tmp_path / "data", tmp_path / "run", 0, recipe)
+    assert [point["step"] for point in row["curve"]] == [0, 1, 2, 3, 4]
+    assert len({point["fine"] for point in row["curve"][1:]}) == 1
+    assert row["steps"] == 4 and row["max_steps"] == 10
+    assert json.loads((tmp_path / "run" / "trained" / "summary.json").read_text())["steps"] == 4
+    with pytest.raises(ValueError, match="set curve_every"):
+        replace(LOCAL, stop_on_plateau=True)
 
 
 @pytest.mark.slow

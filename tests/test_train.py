@@ -274,3 +274,28 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-5), step
+
+
+STOP_AT_TWO = """
+import sys
+from deepstack.train.config import load_config
+from deepstack.train.loop import train
+
+# the callbacks run on the main process only: the other must stop at the same step (or wait for it forever)
+result = train(load_config(sys.argv[1]), callbacks=(lambda step, model: step == 2,))
+print("steps", result.steps)
+"""
+
+
+@pytest.mark.slow
+def test_a_callback_on_the_main_process_stops_every_process(tmp_path):
+    data = write_dataset(tmp_path, 16)
+    config = write_config(tmp_path, data, optim={"max_steps": 6, "global_batch_size": 8, "micro_batch_size": 4})
+    (tmp_path / "stop.py").write_text(STOP_AT_TWO)
+    double = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518",
+                   str(tmp_path / "stop.py"), str(config)])
+    assert double.wait(timeout=300) == 0, double.stderr.read().decode()[-3000:]
+    run = tmp_path / "run"
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    assert sorted(losses(run)) == [1, 2]  # no process went on to step 3
+    assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["step-00000002"]

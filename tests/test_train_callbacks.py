@@ -1,4 +1,7 @@
-"""Training callbacks: called after every optimizer step with the model, and invisible to the training itself."""
+"""Training callbacks: called after every optimizer step with the model, invisible to the training itself unless
+one returns True, which stops it."""
+
+import json
 
 import torch
 from safetensors.torch import load_file
@@ -37,3 +40,26 @@ def test_a_callback_sees_every_step_with_the_model_and_a_noop_one_changes_no_wei
     assert before.keys() == after.keys()
     for name in before:
         assert torch.equal(before[name], after[name]), name
+
+
+def test_a_callback_that_returns_true_stops_the_training_and_the_model_of_that_step_is_the_trained_one(tmp_path):
+    data = write_dataset(tmp_path, 16)
+    seen, weights = [], {}
+
+    def stop_at_two(step, model):
+        seen.append(step)
+        weights[step] = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        return step == 2
+
+    config = load_config(write_config(tmp_path, data, optim={"max_steps": 5, "seed": 3}, output={"log_every": 3}))
+    result = train(config, callbacks=(lambda step, model: 1, stop_at_two))  # a truthy value that is not True: on
+    assert seen == [1, 2] and result.steps == 2
+    summary = json.loads((result.output_dir / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["final_loss"] == result.final_loss
+    logged = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in logged] == [2]  # log_every 3: the stop's step is logged as the last
+    assert logged[-1]["loss"] == result.final_loss
+    saved = _weights(result.output_dir)
+    for name, value in saved.items():
+        assert torch.equal(value, weights[2][name]), name
+    assert sorted(path.name for path in (result.output_dir / "checkpoints").iterdir()) == ["step-00000002"]

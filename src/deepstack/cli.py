@@ -127,8 +127,10 @@ def _lab(args) -> None:
 
     task = args.task or task_of(args.groups) or DEFAULT_TASK
     recipe = (QUICK if args.quick else FULL).with_steps(args.steps).with_task(task)
-    curve_every = args.curve_every or (None if task == DEFAULT_TASK else max(1, recipe.steps // 16))
-    recipe = replace(recipe, curve_every=curve_every, time_phases=args.time_phases, compile=args.compile)
+    curved = task != DEFAULT_TASK or args.stop_on_plateau  # a plateau is one of the learning curve's
+    curve_every = args.curve_every or (max(1, recipe.steps // 16) if curved else None)
+    recipe = replace(recipe, curve_every=curve_every, time_phases=args.time_phases, compile=args.compile,
+                     stop_on_plateau=args.stop_on_plateau)
     lab(args.out, groups=args.groups, seeds=tuple(args.seeds), recipe=recipe, report_dir=args.report,
         command="deepstack " + " ".join(a for a in args.argv if a != "--report-only"), workers=args.workers,
         train=not args.report_only)
@@ -372,6 +374,9 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--curve-every", type=int, default=None,
                      help="validation accuracy every N steps, the learning curve (default: steps/16 on localdetail, "
                           "none on finedetail)")
+    lab.add_argument("--stop-on-plateau", action="store_true",
+                     help="stop each run once its validation fine accuracy has not risen a point above its best for 3 "
+                          "curve points in a row (other runs than without it: fewer steps; learning curve on)")
     lab.add_argument("--time-phases", action=argparse.BooleanOptionalAction, default=True,
                      help="measure where each run's time goes (set-up, data, vision, LLM, optimizer, evaluation) for "
                           "the report: the same runs")

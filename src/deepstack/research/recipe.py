@@ -52,6 +52,8 @@ class Recipe:
     curve_every: int | None = None  # validation accuracy every this many steps (the learning curve); None: none
     time_phases: bool = False  # measure where the training time goes (data, vision, LLM; see PhaseTimer)
     compile: bool = False  # torch.compile each layer for training (optim.compile): the same runs, faster steps
+    # stop a run on a plateau of its learning curve's validation fine accuracy (see plateau_point); needs curve_every
+    stop_on_plateau: bool = False
 
     # how a run is carried out, not what it computes: runs that differ only in these are the same runs
     EXECUTION = ("time_phases", "compile")
@@ -66,6 +68,9 @@ class Recipe:
                              f"choose from {', '.join(task.QUESTIONS)}")
         if self.curve_every is not None and self.curve_every < 1:
             raise ValueError(f"Recipe.curve_every={self.curve_every}: must be >= 1 (steps), or None for no curve")
+        if self.stop_on_plateau and self.curve_every is None:
+            raise ValueError("Recipe.stop_on_plateau: a plateau is one of the learning curve's; set curve_every "
+                             "(steps between its points) too")
 
     def identity(self) -> dict:
         """What a run of this recipe computes, as it reads back from JSON (tuples become lists): the recipe
@@ -163,6 +168,7 @@ def train_and_score(config: TrainConfig, data: Path, recipe: Recipe, split: str 
     evaluated = time.time()
     scores = score(trained.result.output_dir, data, recipe, split)
     return {"seed": config.optim.seed, **scores, "final_train_loss": trained.result.final_loss,
+            "steps": trained.result.steps, "max_steps": config.optim.max_steps,
             "train_seconds": round(trained.train_seconds, 2), "eval_seconds": round(time.time() - evaluated, 2),
             "total_seconds": round(time.time() - started, 2), **trained.extras()}
 
@@ -224,13 +230,32 @@ def score(model_dir: Path, data: Path, recipe: Recipe, split: str = "test") -> d
     }
 
 
+PLATEAU_PATIENCE, PLATEAU_GAIN = 3, 0.01  # curve points without a rise of 1 point of fine accuracy
+
+
+def plateau_point(curve: list[dict], patience: int = PLATEAU_PATIENCE, gain: float = PLATEAU_GAIN) -> int | None:
+    """Where a learning curve reaches a plateau: the index of its first point that ends ``patience`` points in a
+    row without the validation fine accuracy rising ``gain`` above its best so far (the untrained step-0 point
+    does not count); None when none does."""
+    best, flat = None, 0
+    for index, point in enumerate(curve[1:], start=1):
+        if best is None or point["fine"] >= best + gain:
+            best, flat = point["fine"], 0
+        else:
+            flat += 1
+        if flat == patience:
+            return index
+    return None
+
+
 class LearningCurve:
     """A training callback: validation accuracy (fine, coarse, per question) every ``recipe.curve_every`` steps
     and after the last, with the training time so far without these evaluations. The first point (step 0) is
-    the untrained model, evaluated before the clock starts."""
+    the untrained model, evaluated before the clock starts. With ``recipe.stop_on_plateau`` it stops the training
+    at the point where the curve reaches a plateau (``plateau_point``)."""
 
     def __init__(self, recipe: Recipe, data: Path, init: str | Path):
-        self.every, self.last = recipe.curve_every, recipe.steps
+        self.every, self.last, self.stop_on_plateau = recipe.curve_every, recipe.steps, recipe.stop_on_plateau
         self.records, self.images = data / "val.json", data / "images"
         model, self.processor = load_pretrained(init)
         self.points = [self._point(0, model, 0.0)]
@@ -242,12 +267,14 @@ class LearningCurve:
         ``TrainResult.seconds``."""
         self.started = clock
 
-    def __call__(self, step: int, model) -> None:
+    def __call__(self, step: int, model) -> bool:
+        """Whether to stop the training (see ``train.loop.train``)."""
         if step % self.every and step != self.last:
-            return
+            return False
         began = time.time()
         self.points.append(self._point(step, model, began - self.started - self.eval_seconds))
         self.eval_seconds += time.time() - began
+        return self.stop_on_plateau and plateau_point(self.points) is not None
 
     def _point(self, step: int, model, seconds: float) -> dict:
         scores = evaluate(model, self.processor, self.records, self.images, progress=False)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -98,7 +98,10 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
     A folder that holds a run already is refused before the model is built, unless ``resume`` (continue
     that run from its newest checkpoint; same config but for the step budget) or ``overwrite`` (delete it).
     ``callbacks``: each is called after every optimizer step, on the main process, with the number of steps
-    done and the unwrapped model (e.g. to evaluate it); the model is put back in train mode after them.
+    done and the unwrapped model (e.g. to evaluate it); the model is put back in train mode after them. A
+    callback that returns ``True`` stops the training after that step (e.g. on a plateau of a validation
+    score): every process stops there, and the model of that step is saved as the trained model, its step in
+    ``summary.json`` and the result (resuming the run trains on to ``optim.max_steps``).
     """
     started = time.time()
     accelerator = setup_accelerator(config)
@@ -112,9 +115,9 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         start_step = resume_from(config, accelerator, scheduler, plan) if resume else 0
         prepare_output(config, accelerator, start_step)
         loader = setup_loader(config, dataset, processor, accelerator, start_step, plan.total)
-        loss = run_steps(config, accelerator, model, optimizer, scheduler, processor, loader, plan, start_step,
-                         callbacks)
-        return finish(config, accelerator, model, processor, scheduler, plan.total, loss, started, skipped)
+        loss, done = run_steps(config, accelerator, model, optimizer, scheduler, processor, loader, plan, start_step,
+                               callbacks)
+        return finish(config, accelerator, model, processor, scheduler, done, loss, started, skipped)
 
 
 def setup_accelerator(config: TrainConfig) -> Accelerator:
@@ -278,8 +281,8 @@ def setup_loader(config: TrainConfig, dataset, processor, accelerator, start_ste
 def run_steps(config, accelerator, model, optimizer, scheduler, processor, loader, plan: StepPlan, start_step: int,
               callbacks: Sequence[Callable] = ()):
     """Optimizer steps ``start_step .. plan.total - 1``, logged every ``output.log_every`` and checkpointed
-    every ``output.save_every``, each followed by the ``callbacks``; the last step's loss (None when no step
-    was left to run)."""
+    every ``output.save_every``, each followed by the ``callbacks``, until one of them returns ``True``; the
+    last step's loss (None when no step was left to run) and the number of steps done."""
     output = config.output
     batches = iter(loader)
     model.train()
@@ -287,36 +290,59 @@ def run_steps(config, accelerator, model, optimizer, scheduler, processor, loade
     progress = tqdm(
         total=plan.total, initial=start_step, disable=not accelerator.is_main_process, desc=config.stage, unit="step"
     )
-    loss, window_start = None, time.time()
+    loss, window, done = None, (time.time(), start_step), start_step
     for step in range(start_step, plan.total):
         micro_batches = [next(batches) for _ in range(plan.accumulation)]
         loss, grad_norm = train_step(accelerator, model, optimizer, scheduler, micro_batches, trainable,
                                      config.optim.max_grad_norm)
         done = step + 1
-        if done % output.log_every == 0 or done == plan.total:
-            elapsed = time.time() - window_start
-            metrics = {
-                "step": done,
-                "epoch": round(done / plan.per_epoch, 4),
-                "loss": loss,
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": grad_norm,
-                "samples_per_s": round(output.log_every * config.optim.global_batch_size / max(elapsed, 1e-9), 2),
-            }
-            window_start = time.time()
-            log_metrics(config, accelerator, metrics, progress)
+        logged = done % output.log_every == 0 or done == plan.total
+        if logged:
+            window = _log_step(config, accelerator, scheduler, plan, progress, done, loss, grad_norm, window)
         progress.update(1)
-        if callbacks and accelerator.is_main_process:
-            # compiled layers (optim.compile) run as written in a callback's evaluation: no graphs for its shapes
-            with torch.compiler.set_stance("force_eager") if config.optim.compile else nullcontext():
-                for callback in callbacks:
-                    callback(done, accelerator.unwrap_model(model))
-            model.train()  # a callback may have evaluated the model
+        if callbacks and _run_callbacks(config, accelerator, model, callbacks, done):
+            if not logged:  # the run's last step is logged
+                _log_step(config, accelerator, scheduler, plan, progress, done, loss, grad_norm, window)
+            break
         if done % output.save_every == 0 and done != plan.total:  # the final save is finish's
             save_checkpoint(accelerator, processor, scheduler, config_to_dict(config), Path(output.dir), done,
                             output.keep_last)
     progress.close()
-    return loss
+    return loss, done
+
+
+def _log_step(config, accelerator, scheduler, plan: StepPlan, progress, done: int, loss: float, grad_norm: float,
+              window: tuple[float, int]) -> tuple[float, int]:
+    """Log step ``done`` (a line of metrics.jsonl, see ``log_metrics``), its throughput over the steps since
+    ``window`` (the time and step of the previous line); the next window."""
+    began, since = window
+    elapsed = time.time() - began
+    metrics = {
+        "step": done,
+        "epoch": round(done / plan.per_epoch, 4),
+        "loss": loss,
+        "lr": scheduler.get_last_lr()[0],
+        "grad_norm": grad_norm,
+        "samples_per_s": round((done - since) * config.optim.global_batch_size / max(elapsed, 1e-9), 2),
+    }
+    now = time.time()
+    log_metrics(config, accelerator, metrics, progress)
+    return now, done
+
+
+def _run_callbacks(config, accelerator, model, callbacks: Sequence[Callable], done: int) -> bool:
+    """The callbacks after step ``done``, on the main process; whether one of them asked to stop (every process
+    gets the answer)."""
+    stop = False
+    if accelerator.is_main_process:
+        # compiled layers (optim.compile) run as written in a callback's evaluation: no graphs for its shapes
+        with torch.compiler.set_stance("force_eager") if config.optim.compile else nullcontext():
+            for callback in callbacks:
+                stop |= callback(done, accelerator.unwrap_model(model)) is True
+        model.train()  # a callback may have evaluated the model
+    if accelerator.num_processes > 1:
+        stop = bool(broadcast(torch.tensor([int(stop)], device=accelerator.device)).item())
+    return stop
 
 
 def train_step(accelerator, model, optimizer, scheduler, micro_batches, trainable, max_grad_norm: float):
@@ -353,10 +379,11 @@ def log_metrics(config: TrainConfig, accelerator: Accelerator, metrics: dict, pr
         accelerator.log(metrics, step=metrics["step"])
 
 
-def finish(config, accelerator, model, processor, scheduler, total_steps: int, loss, started: float, skipped: int):
-    """The last checkpoint, the model in the output folder, the loss curve and summary.json."""
+def finish(config, accelerator, model, processor, scheduler, steps: int, loss, started: float, skipped: int):
+    """The last checkpoint (of step ``steps``, the last done), the model in the output folder, the loss curve
+    and summary.json."""
     output_dir = Path(config.output.dir)
-    save_checkpoint(accelerator, processor, scheduler, config_to_dict(config), output_dir, total_steps,
+    save_checkpoint(accelerator, processor, scheduler, config_to_dict(config), output_dir, steps,
                     config.output.keep_last)
     if loss is None:  # a finished run resumed: no step left to run; its last logged loss
         loss = _last_logged_loss(output_dir / METRICS)
@@ -365,10 +392,10 @@ def finish(config, accelerator, model, processor, scheduler, total_steps: int, l
     seconds = time.time() - started
     if accelerator.is_main_process:
         plot_loss(output_dir / METRICS, output_dir / "loss.png")
-        summary = {"steps": total_steps, "seconds": round(seconds, 1), "final_loss": loss,
+        summary = {"steps": steps, "seconds": round(seconds, 1), "final_loss": loss,
                    "model": str(output_dir), "skipped_records": skipped}
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return TrainResult(output_dir, total_steps, loss, seconds)
+    return TrainResult(output_dir, steps, loss, seconds)
 
 
 def _save_final(accelerator, model, processor, output_dir: Path) -> None:

@@ -166,6 +166,18 @@ def _plateau(replay: dict | None) -> list[str]:
             f"({100 * replay['worst_loss']:.1f} at worst)."]
 
 
+def _stopped(stopped: dict | None) -> list[str]:
+    """How much the runs that stopped on a plateau saved (``stats.stopped_on_plateau``)."""
+    if not stopped:
+        return []
+    return ["", f"Stopping on a plateau (`--stop-on-plateau`): each run stopped once its validation fine accuracy "
+            f"had not risen {100 * stopped['gain']:g} point(s) above its best for {stopped['patience']} curve points "
+            f"in a row; {stopped['stopped_early']} of these {stopped['runs']} runs stopped before their budget, after "
+            f"{stopped['mean_share']:.0%} of it on average ({stopped['least_share']:.0%} at least), "
+            f"{stopped['steps_saved']:.0%} of all their steps saved. Test scores are those of the model at the stop; "
+            "accuracy at equal steps holds a stopped run at its last point."]
+
+
 def _time_split(split: dict | None) -> list[str]:
     """Where the runs' time went, part by part (``stats.time_split``)."""
     if not split:
@@ -183,7 +195,8 @@ def _time_split(split: dict | None) -> list[str]:
 
 def report(results: dict) -> str:
     """lab.md: how the lab was run, the claims checked, then each group's table, then where its time went."""
-    lines = _preamble(results) + _claims(results["claims"]) + _plateau(results.get("plateau"))
+    lines = (_preamble(results) + _claims(results["claims"]) + _plateau(results.get("plateau"))
+             + _stopped(results.get("stopped")))
     for name, group in results["groups"].items():
         lines += ["", *_group(name, group, results["seeds"], _task(results))]
     lines += ["", *_time_split(results.get("time_split")), "![lab](lab.png)", ""]

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from ..recipe import PhaseTimer, Recipe
+from ..recipe import PLATEAU_GAIN, PLATEAU_PATIENCE, PhaseTimer, Recipe, plateau_point
 from ..tasks import DEFAULT_TASK, get_task
 from .arms import CLAIMS, GROUPS, Arm, arms_of
 
@@ -25,23 +25,13 @@ def at(curve: list[dict], x: str, value: float, y: str = "fine") -> float:
     return float(np.interp(value, [point[x] for point in curve], [point[y] for point in curve]))
 
 
-PLATEAU_PATIENCE, PLATEAU_GAIN = 3, 0.01  # curve points without a rise of 1 point of fine accuracy
-
-
-def plateau_stop(curve: list[dict], patience: int = PLATEAU_PATIENCE, gain: float = PLATEAU_GAIN) -> dict:
-    """Where a rule that stops a run on a plateau would have stopped it: at the first curve point that ends
-    ``patience`` points in a row without the validation fine accuracy rising ``gain`` above its best so far (the
-    untrained step-0 point does not count), else at the last. ``step`` and ``fine`` at the stop, and the
-    ``final`` fine accuracy the run reached."""
-    best, flat = None, 0
-    for point in curve[1:]:
-        if best is None or point["fine"] >= best + gain:
-            best, flat = point["fine"], 0
-        else:
-            flat += 1
-        if flat == patience:
-            return {"step": point["step"], "fine": point["fine"], "final": curve[-1]["fine"]}
-    return {"step": curve[-1]["step"], "fine": curve[-1]["fine"], "final": curve[-1]["fine"]}
+def plateau_stop(curve: list[dict]) -> dict:
+    """Where stopping on a plateau (``Recipe.stop_on_plateau``) would have stopped a run: at its curve's
+    ``plateau_point``, else at its last point. ``step`` and ``fine`` at the stop, and the ``final`` fine accuracy
+    the run reached."""
+    index = plateau_point(curve)
+    stop = curve[-1 if index is None else index]
+    return {"step": stop["step"], "fine": stop["fine"], "final": curve[-1]["fine"]}
 
 
 def plateau_replay(groups: dict) -> dict | None:
@@ -66,8 +56,8 @@ def plateau_replay(groups: dict) -> dict | None:
 
 def _metrics(run: dict) -> dict[str, float]:
     metrics = {"fine": run["fine_accuracy"], "coarse": run["coarse_accuracy"], **run["per_question"]}
-    if run.get("curve"):  # equal steps: validation fine accuracy at half the run's steps
-        metrics["fine_half_steps"] = at(run["curve"], "step", run["curve"][-1]["step"] / 2)
+    if run.get("curve"):  # equal steps: validation fine accuracy at half the run's budget (held after a stop)
+        metrics["fine_half_steps"] = at(run["curve"], "step", run.get("max_steps", run["curve"][-1]["step"]) / 2)
     return metrics
 
 
@@ -140,8 +130,23 @@ def collect(done: dict[tuple[str, int], dict], groups: list[str], seeds: tuple[i
     results["time_split"] = time_split([done[key] for key in used])
     results["complete"] = len(used) == len(arms_of(groups)) * len(seeds)
     results["claims"] = claims(results["groups"])
-    results["plateau"] = plateau_replay(results["groups"])
+    if recipe.stop_on_plateau:  # the runs stopped themselves: what they saved, not a replay
+        results["stopped"] = stopped_on_plateau([done[key] for key in used])
+    else:
+        results["plateau"] = plateau_replay(results["groups"])
     return results
+
+
+def stopped_on_plateau(runs: list[dict]) -> dict | None:
+    """Runs that stopped on a plateau (``Recipe.stop_on_plateau``): how many stopped before their budget, at
+    which share of it (mean, least), and the share of all their budgets' steps left undone. None without runs."""
+    if not runs:
+        return None
+    shares = [run["steps"] / run["max_steps"] for run in runs]
+    return {"patience": PLATEAU_PATIENCE, "gain": PLATEAU_GAIN, "runs": len(runs),
+            "stopped_early": sum(run["steps"] < run["max_steps"] for run in runs),
+            "mean_share": statistics.fmean(shares), "least_share": min(shares),
+            "steps_saved": 1 - sum(run["steps"] for run in runs) / sum(run["max_steps"] for run in runs)}
 
 
 def wall_seconds(runs: list[dict]) -> float | None:

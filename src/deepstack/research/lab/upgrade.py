@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -62,14 +63,15 @@ def upgrade_and_evaluate(data: Path, out: Path, seed: int, recipe: Recipe, at: f
                          first_steps: int = 20, switch_records: int = 64, **settings) -> dict:
     """Train ``none`` for the fraction ``at`` of the recipe's steps, switch it to ``mode`` (with ``settings``)
     and train the rest, the learning rate schedule starting over; evaluate it as ``train_and_evaluate`` does.
-    With ``recipe.curve_every``, the curve runs across both parts (two points at the switch: before and after).
+    With ``recipe.curve_every``, the curve runs across both parts (two points at the switch: before and after);
+    with ``recipe.stop_on_plateau`` too, only the part after the switch may stop (on its own curve's plateau).
     The row's ``upgrade`` holds the steps before the switch, the loss on the first ``switch_records`` training
     records before and after it, and the training losses of the first ``first_steps`` steps after it."""
     started = time.time()
     before = round(recipe.steps * at)
     if not 0 < before < recipe.steps:
         raise ValueError(f"upgrade at {at} of {recipe.steps} steps leaves no step on one side; use 0 < at < 1")
-    first = recipe.with_steps(before)
+    first = replace(recipe.with_steps(before), stop_on_plateau=False)  # the switch comes at a fixed step
     init = initial_model("none", data, out / "none", seed, first)
     none = train_recipe(run_config(init, data, out / "none" / "trained", seed, first), data, first)
     switched = switch(none.result.output_dir, out / "switched", mode, seed, **settings)
@@ -83,7 +85,8 @@ def upgrade_and_evaluate(data: Path, out: Path, seed: int, recipe: Recipe, at: f
     after = train_recipe(config, data, rest)
     logged = [json.loads(line) for line in (out / "trained" / METRICS).read_text().splitlines()]
     row = {"mode": mode, "settings": settings, "seed": seed, **score(after.result.output_dir, data, recipe),
-           "final_train_loss": after.result.final_loss,
+           "final_train_loss": after.result.final_loss, "steps": before + after.result.steps,
+           "max_steps": recipe.steps,
            "train_seconds": round(none.train_seconds + after.train_seconds, 1),
            "total_seconds": round(time.time() - started, 1),
            "upgrade": {"steps_before": before, **losses, "none_train_seconds": round(none.train_seconds, 1),

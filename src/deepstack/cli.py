@@ -375,8 +375,9 @@ def parser() -> argparse.ArgumentParser:
                      help="validation accuracy every N steps, the learning curve (default: steps/16 on localdetail, "
                           "none on finedetail)")
     lab.add_argument("--stop-on-plateau", action="store_true",
-                     help="stop each run once its validation fine accuracy has not risen a point above its best for 3 "
-                          "curve points in a row (other runs than without it: fewer steps; learning curve on)")
+                     help="stop each run once its validation fine accuracy has not risen a point above its best "
+                          "for 3 curve points in a row: runs of their own that end sooner (docs/finedetail.md); turns "
+                          "the learning curve on")
     lab.add_argument("--time-phases", action=argparse.BooleanOptionalAction, default=True,
                      help="measure where each run's time goes (set-up, data, vision, LLM, optimizer, evaluation) for "
                           "the report: the same runs")

@@ -118,10 +118,14 @@ def main() -> None:
              "## Each model over the seeds both labs ran", "", per_model(a, b, both, args.names), ""]
     if args.reports:
         parts += ["## The claims", "", verdicts(*args.reports, args.names), ""]
-    text = "\n".join(parts)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+    emit("\n".join(parts), args.out)
+
+
+def emit(text: str, out: Path | None) -> None:
+    """Print the report, and write it to ``out`` too when given."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
     print(text)
 
 

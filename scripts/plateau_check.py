@@ -22,7 +22,7 @@ from deepstack.research.lab.stats import plateau_stop
 from deepstack.utils.tables import markdown_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_runs import load  # noqa: E402  (a script beside this one)
+from compare_runs import emit, load  # noqa: E402  (a script beside this one)
 
 CURVE_FIELDS = ("step", "fine", "coarse", "per_question")  # a curve point without its clock
 
@@ -75,12 +75,8 @@ def main() -> None:
         sys.exit(f"no (model, seed) is in both {args.full} and {args.stopped}: nothing to compare")
     summary, table = check(full, stopped)
     command = ".venv/bin/python scripts/plateau_check.py " + shlex.join(sys.argv[1:])
-    text = "\n".join(["# Stopping on a plateau, live and replayed", "", f"Command: `{command}`  ", summary, "",
-                      table, ""])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
-    print(text)
+    emit("\n".join(["# Stopping on a plateau, live and replayed", "", f"Command: `{command}`  ", summary, "",
+                    table, ""]), args.out)
 
 
 if __name__ == "__main__":

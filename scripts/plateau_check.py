@@ -40,16 +40,14 @@ def check(full: dict, stopped: dict) -> tuple[str, list[str]]:
     rows, agree, prefix, gaps, steps, budget, seconds = [], 0, 0, [], 0, 0, []
     for key, seed in both:
         a, b = full[key, seed], stopped[key, seed]
-        replay = plateau_stop(a["curve"])
-        agree += replay["step"] == b["steps"]
-        prefix += same_prefix(a["curve"], b["curve"])
-        gaps.append(b["fine_accuracy"] - a["fine_accuracy"])
+        replay, same = plateau_stop(a["curve"]), same_prefix(a["curve"], b["curve"])
+        gap, ratio = b["fine_accuracy"] - a["fine_accuracy"], b["total_seconds"] / a["total_seconds"]
+        agree, prefix = agree + (replay["step"] == b["steps"]), prefix + same
+        gaps.append(gap)
+        seconds.append(ratio)
         steps, budget = steps + b["steps"], budget + b["max_steps"]
-        seconds.append(b["total_seconds"] / a["total_seconds"])
-        rows.append([key, seed, replay["step"], b["steps"], "yes" if same_prefix(a["curve"], b["curve"]) else "no",
-                     f"{a['fine_accuracy']:.1%}", f"{b['fine_accuracy']:.1%}",
-                     f"{(b['fine_accuracy'] - a['fine_accuracy']) * 100:+.1f}",
-                     f"{b['total_seconds'] / a['total_seconds']:.2f}"])
+        rows.append([key, seed, replay["step"], b["steps"], "yes" if same else "no", f"{a['fine_accuracy']:.1%}",
+                     f"{b['fine_accuracy']:.1%}", f"{gap * 100:+.1f}", f"{ratio:.2f}"])
     header = ["model", "seed", "replayed stop", "live stop", "same curve to the stop", "test fine, full",
               "test fine, stopped", "gap (pts)", "run time, stopped / full"]
     summary = (f"{len(both)} runs in both labs. The live stop is the replayed one in {agree} of them, and the "

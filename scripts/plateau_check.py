@@ -69,6 +69,10 @@ def main() -> None:
     missing = [f"{key} seed {seed}" for (key, seed), run in {**full, **stopped}.items() if not run.get("curve")]
     if missing:
         sys.exit(f"no learning curve in the runs of {', '.join(missing)}: both labs need one (--curve-every)")
+    unstopped = [f"{key} seed {seed}" for (key, seed), run in stopped.items() if "max_steps" not in run]
+    if unstopped:
+        sys.exit(f"{args.stopped}: {len(unstopped)} run(s) (the first: {unstopped[0]}) record no steps done and "
+                 "budget; give the runs.jsonl of a lab run with --stop-on-plateau second")
     if not any(key in full for key in stopped):
         sys.exit(f"no (model, seed) is in both {args.full} and {args.stopped}: nothing to compare")
     summary, table = check(full, stopped)
